@@ -1,0 +1,5 @@
+"""User-facing genvi models (scvi-tools ``BaseModelClass`` subclasses)."""
+
+from ._priorvi import PriorVI
+
+__all__ = ["PriorVI"]

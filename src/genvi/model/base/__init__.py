@@ -1,0 +1,13 @@
+"""Mixins and helpers shared by genvi models."""
+
+from ._conditions import ConditionSchema
+from ._generation import GenerativeMixin, transform_expression
+from ._training import GenviTrainingPlan, default_kl_warmup
+
+__all__ = [
+    "ConditionSchema",
+    "GenerativeMixin",
+    "GenviTrainingPlan",
+    "default_kl_warmup",
+    "transform_expression",
+]

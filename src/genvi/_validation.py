@@ -1,0 +1,126 @@
+"""Early, explicit checks of user input (raised before any training starts)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+_CHUNK_ROWS = 10_000
+
+
+def get_matrix(adata: AnnData, layer: str | None):
+    """The expression matrix of ``adata`` (``X`` or ``layers[layer]``) with a clear error."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty; pass `layer=` naming the layer that holds counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(
+            f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)})."
+        )
+    return adata.layers[layer]
+
+
+def _iter_values(X) -> np.ndarray:
+    """Yield the stored values of X in row chunks, without densifying the whole matrix."""
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        block = X[start : start + _CHUNK_ROWS]
+        if sparse.issparse(block):
+            yield np.asarray(block.data if hasattr(block, "data") else block.tocsr().data)
+        else:
+            yield np.asarray(block).ravel()
+
+
+def check_finite(X, what: str = "the expression matrix") -> None:
+    """Raise if X holds NaN or infinite values."""
+    for values in _iter_values(X):
+        if not np.all(np.isfinite(values)):
+            raise ValueError(
+                f"{what} contains NaN or infinite values. Remove or impute them before "
+                "setup_anndata (e.g. `adata = adata[np.isfinite(adata.X.sum(1)).A1]`)."
+            )
+
+
+def check_counts(X, what: str = "the expression matrix") -> None:
+    """Raise if X holds negative or non-integer values (count likelihoods need raw counts)."""
+    for values in _iter_values(X):
+        if np.any(values < 0):
+            raise ValueError(
+                f"{what} contains negative values, but gene_likelihood is a count model. Pass "
+                "raw counts (e.g. `layer='counts'`) or use gene_likelihood='normal' for "
+                "log-scale or scaled data."
+            )
+        if np.any(values != np.round(values)):
+            raise ValueError(
+                f"{what} contains non-integer values, but gene_likelihood is a count model "
+                "(nb/zinb/poisson). Pass raw integer counts (e.g. `layer='counts'`; data that "
+                "were normalised or log-transformed are not counts) or use "
+                "gene_likelihood='normal'."
+            )
+
+
+def check_obs_keys(
+    adata: AnnData,
+    condition_keys: Sequence[str],
+    continuous_keys: Sequence[str],
+    batch_key: str | None,
+    size_factor_key: str | None,
+) -> None:
+    """Check that every registered obs column exists, is used once and holds valid values."""
+    all_keys = [*condition_keys, *continuous_keys]
+    all_keys += [k for k in (batch_key, size_factor_key) if k is not None]
+    missing = [k for k in all_keys if k not in adata.obs.columns]
+    if missing:
+        raise ValueError(
+            f"Keys {missing} are not columns of adata.obs (available: {list(adata.obs.columns)})."
+        )
+    dup = sorted({k for k in all_keys if all_keys.count(k) > 1})
+    if dup:
+        raise ValueError(
+            f"Keys {dup} are used more than once (as categorical condition, continuous "
+            "condition, batch or size factor); each obs column can play one role."
+        )
+    for key in [*condition_keys, *([batch_key] if batch_key else [])]:
+        n_nan = int(pd.isna(adata.obs[key]).sum())
+        if n_nan:
+            raise ValueError(
+                f"obs[{key!r}] has {n_nan} missing (NaN) values. Fill them with an explicit "
+                f"category (e.g. `adata.obs[{key!r}] = adata.obs[{key!r}].cat.add_categories("
+                "'unknown').fillna('unknown')`) or drop those cells."
+            )
+    for key in [*continuous_keys, *([size_factor_key] if size_factor_key else [])]:
+        col = adata.obs[key]
+        if not pd.api.types.is_numeric_dtype(col):
+            raise ValueError(
+                f"obs[{key!r}] must be numeric to be a continuous condition (dtype {col.dtype}); "
+                "list it in condition_keys if it is categorical."
+            )
+        if not np.all(np.isfinite(col.to_numpy(dtype=float))):
+            raise ValueError(
+                f"obs[{key!r}] contains NaN or infinite values; impute or drop those cells."
+            )
+    if size_factor_key is not None and np.any(adata.obs[size_factor_key].to_numpy() <= 0):
+        raise ValueError(f"obs[{size_factor_key!r}] must be strictly positive size factors.")
+
+
+def check_genes(adata: AnnData, var_names: Sequence[str]) -> None:
+    """Raise if ``adata`` does not have exactly the model's genes in the model's order."""
+    var_names = pd.Index(var_names)
+    if adata.n_vars == len(var_names) and np.array_equal(adata.var_names, var_names):
+        return
+    missing = var_names.difference(adata.var_names)
+    extra = pd.Index(adata.var_names).difference(var_names)
+    hint = (
+        "Subset and order the genes as in training: `adata = adata[:, model_var_names].copy()`."
+        if len(missing) == 0
+        else "The data lack genes the model was trained on; it cannot be scored by this model."
+    )
+    raise ValueError(
+        f"The genes of this AnnData ({adata.n_vars}) do not match the model's "
+        f"({len(var_names)}): {len(missing)} missing (e.g. {list(missing[:5])}), "
+        f"{len(extra)} unexpected (e.g. {list(extra[:5])}), or a different order. {hint}"
+    )

@@ -1,0 +1,269 @@
+"""PriorVI: the conditional-prior VAE model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+    NumericalObsField,
+)
+from scvi.model._utils import get_max_epochs_heuristic
+from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
+from scvi.utils import setup_anndata_dsp
+
+from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi._validation import check_counts, check_finite, check_obs_keys, get_matrix
+from genvi.model.base import (
+    ConditionSchema,
+    GenerativeMixin,
+    GenviTrainingPlan,
+    default_kl_warmup,
+)
+from genvi.module import PriorVAE
+
+logger = logging.getLogger(__name__)
+
+
+class PriorVI(GenerativeMixin, RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """Conditional-prior variational autoencoder for count data.
+
+    Learns an encoder q(z | x, c), a count decoder p(x | z, c, batch) and a prior p(z | c)
+    over arbitrary categorical and continuous metadata, so that new cells of any condition
+    can be sampled (:meth:`generate`), scored (:meth:`get_log_likelihood`), summarised with
+    predictive intervals (:meth:`predict_with_confidence`) and transformed into other
+    conditions (:meth:`predict_counterfactual`).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_latent
+        Latent dimension.
+    n_hidden
+        Hidden units per layer.
+    n_layers
+        Hidden layers in encoder and decoder.
+    dropout_rate
+        Encoder dropout.
+    prior
+        ``"gaussian"``: conditional Gaussian N(mu(c), sigma(c)) (default); ``"normal"``:
+        N(0, I) as in scVI; ``"mog"``: conditional mixture of Gaussians.
+    gene_likelihood
+        ``"nb"``, ``"zinb"``, ``"poisson"`` (raw counts) or ``"normal"`` (log-scale data).
+    dispersion
+        ``"gene"``, ``"gene-batch"`` or ``"gene-cell"``.
+    n_embed
+        Embedding size per condition key.
+    condition_dropout
+        Probability of dropping each condition key during training; enables generation from
+        partial conditions. ``0`` disables it.
+    prior_kwargs
+        Extra arguments for the prior, e.g. ``{"n_components": 10}`` for ``"mog"``.
+
+    Examples
+    --------
+    >>> adata = genvi.data.pbmc68k()
+    >>> genvi.model.PriorVI.setup_anndata(adata, condition_keys=["cell_type"])
+    >>> model = genvi.model.PriorVI(adata)
+    >>> model.train(max_epochs=100)
+    >>> synthetic = model.generate({"cell_type": "CD19+ B"}, n_cells=500)
+    """
+
+    _module_cls = PriorVAE
+    _training_plan_cls = GenviTrainingPlan
+    _cat_registry_key = GENVI_REGISTRY_KEYS.COND_CAT_KEY
+    _cont_registry_key = GENVI_REGISTRY_KEYS.COND_CONT_KEY
+
+    def __init__(
+        self,
+        adata: AnnData,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        prior: Literal["gaussian", "normal", "mog"] = "gaussian",
+        gene_likelihood: Literal["nb", "zinb", "poisson", "normal"] = "nb",
+        dispersion: Literal["gene", "gene-batch", "gene-cell"] = "gene",
+        n_embed: int = 16,
+        condition_dropout: float = 0.1,
+        prior_kwargs: dict | None = None,
+    ):
+        super().__init__(adata)
+        if gene_likelihood != "normal":
+            check_counts(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
+        schema = self._build_schema()
+        cont = self._continuous_values()
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            n_batch=self.summary_stats.n_batch,
+            n_cats_per_key=[len(c) for c in schema.categorical.values()],
+            n_continuous=len(schema.continuous),
+            continuous_mean=cont.mean(0).tolist() if cont is not None else None,
+            continuous_std=cont.std(0).tolist() if cont is not None else None,
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            n_embed=n_embed,
+            condition_dropout=condition_dropout,
+            prior=prior,
+            prior_kwargs=prior_kwargs,
+            gene_likelihood=gene_likelihood,
+            dispersion=dispersion,
+            use_size_factor_key=REGISTRY_KEYS.SIZE_FACTOR_KEY in self.adata_manager.data_registry,
+        )
+        self._store_training_reference()
+        self._model_summary_string = (
+            f"PriorVI: prior={prior}, gene_likelihood={gene_likelihood}, n_latent={n_latent}, "
+            f"conditions={schema.keys or 'none'}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    # ------------------------------------------------------------------ registry helpers
+    def _build_schema(self) -> ConditionSchema:
+        registry = self.adata_manager.data_registry
+        categorical, continuous = {}, []
+        if self._cat_registry_key in registry:
+            state = self.adata_manager.get_state_registry(self._cat_registry_key)
+            categorical = {k: [str(c) for c in state.mappings[k]] for k in state.field_keys}
+        if self._cont_registry_key in registry:
+            state = self.adata_manager.get_state_registry(self._cont_registry_key)
+            continuous = list(state.columns)
+        return ConditionSchema(categorical, continuous)
+
+    @property
+    def _schema(self) -> ConditionSchema:
+        return self._build_schema()
+
+    def _continuous_values(self) -> np.ndarray | None:
+        if self._cont_registry_key not in self.adata_manager.data_registry:
+            return None
+        return np.asarray(self.adata_manager.get_from_registry(self._cont_registry_key), float)
+
+    def _store_training_reference(self) -> None:
+        """Keep per-cell library sizes, condition codes and batches of the training data."""
+        manager = self.adata_manager
+        registry = manager.data_registry
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        totals = np.asarray(X.sum(1)).ravel()
+        if REGISTRY_KEYS.SIZE_FACTOR_KEY in registry:
+            totals = np.asarray(manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR_KEY)).ravel()
+        self.train_library_ = np.maximum(totals, 1.0).astype(np.float64)
+        if self._cat_registry_key in registry:
+            codes = np.asarray(manager.get_from_registry(self._cat_registry_key))
+        else:
+            codes = np.zeros((len(totals), 0))
+        self.train_codes_ = codes.astype(np.int32)
+        self.train_batch_ = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        self.train_batch_ = self.train_batch_.astype(np.int64)
+        batch_state = manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        self.batch_categories_ = [str(c) for c in batch_state.categorical_mapping]
+        self.batch_key_ = manager.registry["setup_args"].get("batch_key")
+        self.var_names_ = np.asarray(self.adata.var_names, dtype=str)
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        n_epochs_kl_warmup: int | None = None,
+        batch_size: int = 128,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train with scvi-tools' Lightning trainer.
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs; scvi-tools' heuristic from the number of cells by default.
+        n_epochs_kl_warmup
+            Epochs over which the KL weight rises from 0 to 1 (a quarter of ``max_epochs`` by
+            default; scvi-tools' default of 400 would never finish warming up on large data).
+        batch_size
+            Minibatch size.
+        plan_kwargs
+            Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
+        **kwargs
+            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's
+            ``Trainer`` (``accelerator``, ``devices``, ``strategy``, ``early_stopping``...).
+        """
+        if max_epochs is None:
+            max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
+        plan_kwargs = dict(plan_kwargs or {})
+        if "n_steps_kl_warmup" not in plan_kwargs:
+            plan_kwargs.setdefault(
+                "n_epochs_kl_warmup",
+                default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup,
+            )
+        return super().train(
+            max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan_kwargs, **kwargs
+        )
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        condition_keys: Sequence[str] | None = None,
+        continuous_condition_keys: Sequence[str] | None = None,
+        batch_key: str | None = None,
+        size_factor_key: str | None = None,
+        **kwargs,
+    ):
+        """Register an AnnData for PriorVI.
+
+        Only registration metadata is added to ``adata.uns``; the data are not changed.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes; counts for count likelihoods.
+        layer
+            Layer holding the data (``X`` if ``None``).
+        condition_keys
+            Categorical obs columns to generate from (cell type, treatment, donor...).
+        continuous_condition_keys
+            Numeric obs columns to generate from (age, dose, time...).
+        batch_key
+            Nuisance batch column, used by the decoder only.
+        size_factor_key
+            Optional obs column of size factors replacing the observed library size.
+        """
+        condition_keys = _as_list(condition_keys, "condition_keys")
+        continuous_condition_keys = _as_list(continuous_condition_keys, "continuous_condition_keys")
+        check_obs_keys(adata, condition_keys, continuous_condition_keys, batch_key, size_factor_key)
+        check_finite(get_matrix(adata, layer))
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalJointObsField(cls._cat_registry_key, condition_keys or None),
+            NumericalJointObsField(cls._cont_registry_key, continuous_condition_keys or None),
+            NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, required=False),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+
+def _as_list(keys: Sequence[str] | str | None, name: str) -> list[str]:
+    if keys is None:
+        return []
+    if isinstance(keys, str):
+        return [keys]
+    keys = list(keys)
+    if not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"{name} must be a list of obs column names.")
+    return keys

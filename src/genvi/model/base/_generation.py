@@ -1,0 +1,433 @@
+"""Generation, predictive intervals, likelihoods and counterfactuals shared by genvi models."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+from torch.distributions import Distribution
+
+from genvi._validation import check_genes
+from genvi.model.base._conditions import Conditions, ConditionSchema
+from genvi.model.base._reference import draw_reference_cells
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[np.random.Generator]:
+    """Seed torch (CPU and the model's GPU) locally, leaving the global RNG state untouched."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield np.random.default_rng(seed)
+
+
+class GenerativeMixin:
+    """Condition-driven generation for models whose module has a prior p(z | c).
+
+    Requires the model to define ``_schema`` (:class:`ConditionSchema`), the training
+    reference arrays ``train_codes_``, ``train_log_library_``, ``train_batch_``, and
+    ``batch_categories_``; and the module to define ``embed_conditions``, ``prior`` and
+    ``decode``. Models with another latent sampler override :meth:`_sample_latent`.
+    """
+
+    _schema: ConditionSchema
+
+    # ------------------------------------------------------------------ hooks
+    def _sample_latent(self, c: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.module.prior(c).sample()
+
+    def _decode(
+        self, z: torch.Tensor, c: torch.Tensor, log_library: torch.Tensor, batch: torch.Tensor
+    ) -> Distribution:
+        return self.module.decode(torch.cat([z, c], dim=-1), log_library, batch)
+
+    # ------------------------------------------------------------------ helpers
+    def _condition_tensors(self, cat, cont, keep) -> torch.Tensor:
+        dev = self.module.device
+        cat_t = torch.as_tensor(cat, device=dev) if cat.shape[1] else None
+        cont_t = torch.as_tensor(cont, device=dev) if cont.shape[1] else None
+        keep_t = torch.as_tensor(keep, device=dev)
+        return self.module.embed_conditions(cat_t, cont_t, keep_t, n=cat.shape[0])
+
+    def _batch_code(self, batch: str | None) -> int | None:
+        if batch is None:
+            return None
+        cats = list(self.batch_categories_)
+        if str(batch) not in cats:
+            raise ValueError(f"Unknown batch {batch!r}. Known batches: {cats}.")
+        return cats.index(str(batch))
+
+    def _check_conditional_dropout(self, keep: np.ndarray) -> None:
+        if not keep.all() and self.module.condition_encoder.dropout == 0:
+            import warnings
+
+            warnings.warn(
+                "Some condition keys are unspecified, but the model was trained with "
+                "condition_dropout=0, so their null tokens were never trained. Specify every "
+                "key or retrain with condition_dropout > 0.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    @torch.inference_mode()
+    def _simulate_cells(
+        self,
+        specs: list[dict],
+        n_cells: Sequence[int],
+        library_size: float | np.ndarray | None,
+        batch: str | None,
+        rng: np.random.Generator,
+        batch_size: int,
+    ) -> dict[str, np.ndarray]:
+        """Sample latents, library sizes and observations for each spec; arrays on the CPU."""
+        cat, cont, keep = self._schema.encode(specs)
+        self._check_conditional_dropout(keep)
+        n_cat = cat.shape[1]
+        rows = np.repeat(np.arange(len(specs)), n_cells)
+        ref = np.concatenate(
+            [
+                draw_reference_cells(self.train_codes_, cat[i], keep[i, :n_cat], n, rng)
+                for i, n in enumerate(n_cells)
+            ]
+        )
+        lib = self.train_library_[ref]
+        if library_size is not None:
+            lib = np.broadcast_to(np.asarray(library_size, dtype=np.float64), rows.shape)
+            if np.any(lib <= 0) or not np.all(np.isfinite(lib)):
+                raise ValueError("library_size must be positive and finite.")
+        log_lib = np.log(lib).astype(np.float32)
+        batch_code = self._batch_code(batch)
+        batch_idx = self.train_batch_[ref] if batch_code is None else np.full(len(rows), batch_code)
+        dev = self.module.device
+        xs, zs = [], []
+        for start in range(0, len(rows), batch_size):
+            sl = slice(start, start + batch_size)
+            r = rows[sl]
+            c = self._condition_tensors(cat[r], cont[r], keep[r])
+            z = self._sample_latent(c)
+            px = self._decode(
+                z,
+                c,
+                torch.as_tensor(log_lib[sl], device=dev).unsqueeze(-1),
+                torch.as_tensor(batch_idx[sl], device=dev).unsqueeze(-1),
+            )
+            xs.append(px.sample().cpu().numpy())
+            zs.append(z.cpu().numpy())
+        return {
+            "x": np.concatenate(xs).astype(np.float32),
+            "z": np.concatenate(zs),
+            "library": np.asarray(lib, dtype=np.float64),
+            "batch": batch_idx,
+        }
+
+    @staticmethod
+    def _n_cells_per_spec(n_cells: int | Sequence[int], n_specs: int) -> list[int]:
+        counts = [n_cells] * n_specs if np.isscalar(n_cells) else list(n_cells)
+        if len(counts) != n_specs:
+            raise ValueError(f"n_cells has {len(counts)} entries for {n_specs} conditions.")
+        for n in counts:
+            if int(n) != n or n < 1:
+                raise ValueError(f"n_cells must be a positive integer, got {n!r}.")
+        return [int(n) for n in counts]
+
+    # ------------------------------------------------------------------ public API
+    def generate(
+        self,
+        conditions: Conditions,
+        n_cells: int | Sequence[int] = 100,
+        library_size: float | np.ndarray | None = None,
+        batch: str | None = None,
+        seed: int | None = None,
+        batch_size: int = 1024,
+    ) -> AnnData:
+        """Sample new cells from p(x | c).
+
+        Parameters
+        ----------
+        conditions
+            A dict such as ``{"cell_type": "B cells", "treatment": "stimulated"}``, a list of
+            such dicts, or a DataFrame with one condition per row. Keys left out (or NaN) are
+            unspecified: their null token is used, i.e. cells are drawn from the condition
+            marginalised over that key.
+        n_cells
+            Cells per condition (an int, or one per condition).
+        library_size
+            Total counts per generated cell. By default, drawn from the training cells of the
+            same condition (its specified categorical keys).
+        batch
+            Batch category to decode in; by default, drawn with the library size from the
+            matched training cells.
+        seed
+            Random seed; the same seed gives the same cells.
+        batch_size
+            Cells decoded per forward pass.
+
+        Returns
+        -------
+        AnnData with sampled counts in ``X`` (CSR, float32 holding integers; real values for
+        ``gene_likelihood="normal"``), the conditions in ``obs`` as categoricals with the
+        training categories, ``obs["library_size"]``, latents in
+        ``obsm["X_genvi_latent"]`` and run metadata in ``uns["genvi"]``.
+        """
+        specs = self._schema.parse(conditions)
+        counts = self._n_cells_per_spec(n_cells, len(specs))
+        self.module.eval()
+        with seeded(seed, self.module.device) as rng:
+            out = self._simulate_cells(specs, counts, library_size, batch, rng, batch_size)
+        obs = self._schema.to_obs(specs, counts)
+        if self.batch_key_ is not None:
+            obs[self.batch_key_] = pd.Categorical(
+                np.asarray(self.batch_categories_)[out["batch"]], categories=self.batch_categories_
+            )
+        obs["library_size"] = out["library"]
+        obs["genvi_condition"] = pd.Categorical(
+            np.repeat([self._schema.label(s) for s in specs], counts)
+        )
+        obs.index = [f"gen_{i}" for i in range(len(obs))]
+        adata = AnnData(
+            X=sparse.csr_matrix(out["x"]),
+            obs=obs,
+            var=pd.DataFrame(index=pd.Index(self.var_names_, dtype=str)),
+        )
+        adata.obsm["X_genvi_latent"] = out["z"]
+        adata.uns["genvi"] = self._run_metadata(
+            method="generate",
+            seed=seed,
+            library_size="given" if library_size is not None else "training cells of condition",
+        )
+        return adata
+
+    def _run_metadata(self, **extra) -> dict:
+        import genvi
+
+        meta = {
+            "model": type(self).__name__,
+            "genvi_version": genvi.__version__,
+            "gene_likelihood": self.module.gene_likelihood,
+            "condition_keys": list(self._schema.categorical),
+            "continuous_condition_keys": list(self._schema.continuous),
+        }
+        if hasattr(self.module, "prior_name"):
+            meta["prior"] = self.module.prior_name
+        meta.update({k: ("None" if v is None else v) for k, v in extra.items()})
+        return meta
+
+    def predict_with_confidence(
+        self,
+        conditions: Conditions,
+        n_samples: int = 1000,
+        ci: float = 0.95,
+        transform: str = "normalized",
+        target_sum: float = 1e4,
+        seed: int | None = 0,
+        batch_size: int = 1024,
+    ) -> pd.DataFrame:
+        """Per-gene predictive distribution of a condition's (normalised) expression.
+
+        Draws ``n_samples`` cells from p(x | c) (latent, library size and count noise), applies
+        ``transform`` and summarises each gene by its mean, standard deviation and central
+        ``ci`` interval. The intervals are predictive: they should contain a fraction ``ci``
+        of new cells of that condition (use :func:`genvi.metrics` to check coverage).
+
+        Parameters
+        ----------
+        conditions
+            One condition (dict) or several (list / DataFrame).
+        n_samples
+            Cells sampled per condition.
+        ci
+            Central interval mass in (0, 1).
+        transform
+            ``"normalized"`` (counts / total * ``target_sum``), ``"log1p"`` (log1p of that)
+            or ``"counts"``.
+        target_sum
+            Total counts after normalisation.
+        seed
+            Random seed.
+        batch_size
+            Cells decoded per forward pass.
+
+        Returns
+        -------
+        DataFrame indexed by gene with columns ``mean``, ``std``, ``lower``, ``upper``; for
+        several conditions, a ``(condition, gene)`` MultiIndex.
+        """
+        if not 0 < ci < 1:
+            raise ValueError(f"ci must lie in (0, 1), got {ci}.")
+        if transform not in ("normalized", "log1p", "counts"):
+            raise ValueError("transform must be 'normalized', 'log1p' or 'counts'.")
+        specs = self._schema.parse(conditions)
+        counts = self._n_cells_per_spec(n_samples, len(specs))
+        self.module.eval()
+        frames = {}
+        with seeded(seed, self.module.device) as rng:
+            for spec, n in zip(specs, counts):
+                x = self._simulate_cells([spec], [n], None, None, rng, batch_size)["x"]
+                x = transform_expression(x, transform, target_sum)
+                alpha = (1 - ci) / 2
+                frames[self._schema.label(spec)] = pd.DataFrame(
+                    {
+                        "mean": x.mean(0),
+                        "std": x.std(0, ddof=1),
+                        "lower": np.quantile(x, alpha, axis=0),
+                        "upper": np.quantile(x, 1 - alpha, axis=0),
+                    },
+                    index=pd.Index(self.var_names_, name="gene"),
+                )
+        if len(frames) == 1:
+            return next(iter(frames.values()))
+        return pd.concat(frames, names=["condition", "gene"])
+
+    @torch.inference_mode()
+    def get_log_likelihood(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 100,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Per-cell importance-weighted estimate of log p(x | c).
+
+        Low values flag cells the model finds implausible for their condition (outliers,
+        unseen populations). Values scale with sequencing depth: compare cells of similar
+        library size, or normalise (e.g. divide by the total count).
+
+        Parameters
+        ----------
+        adata
+            Cells to score (the training data by default); same genes as the model.
+        indices
+            Subset of cells.
+        n_samples
+            Importance samples per cell.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        Array of shape ``(n_cells,)``.
+        """
+        adata = self._validate_anndata(adata)
+        self.module.eval()
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        out = [
+            self.module.marginal_ll(tensors, n_mc_samples=n_samples).cpu().numpy()
+            for tensors in loader
+        ]
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def predict_counterfactual(
+        self,
+        adata: AnnData | None = None,
+        new_conditions: dict | None = None,
+        indices: Sequence[int] | None = None,
+        return_mean: bool = False,
+        transport: bool = True,
+        seed: int | None = None,
+        batch_size: int | None = None,
+    ) -> AnnData:
+        """Each cell as it would look under other conditions (encode, swap, decode).
+
+        The cell is encoded with its own conditions; the given keys are replaced and the cell
+        is decoded with its own library size and batch.
+
+        Parameters
+        ----------
+        adata
+            Cells to transform (the training data by default).
+        new_conditions
+            Keys to change and their new values, e.g. ``{"condition": "stimulated"}``.
+        indices
+            Subset of cells.
+        return_mean
+            Return expected expression (the likelihood's mean) instead of sampled counts.
+        transport
+            Keep the cell's position *relative to its prior*: z is mapped to the prior's
+            noise under the old condition and back under the new one (exact for Gaussian
+            priors). With ``False``, or priors without that map, z is kept as is.
+        seed
+            Random seed for the count sampling.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        AnnData with the counterfactual in ``X`` and ``obs`` copied from the input with the
+        changed conditions.
+        """
+        if not new_conditions:
+            raise ValueError("new_conditions must name at least one condition key to change.")
+        new = self._schema.parse(new_conditions)[0]
+        adata = self._validate_anndata(adata)
+        self.module.eval()
+        ncat, ncont, nkeep = self._schema.encode([new])
+        keys = self._schema.keys
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        prior = self.module.prior
+        xs = []
+        with seeded(seed, self.module.device):
+            for tensors in loader:
+                inf = self.module.inference(**self.module._get_inference_input(tensors))
+                z, c_old = inf["qz"].loc, inf["c"]
+                cat = tensors.get(self._cat_registry_key)
+                cont = tensors.get(self._cont_registry_key)
+                cat = cat.long().clone() if cat is not None else None
+                cont = cont.float().clone() if cont is not None else None
+                for j, key in enumerate(keys):
+                    if key not in new:
+                        continue
+                    if j < ncat.shape[1]:
+                        cat[:, j] = int(ncat[0, j])
+                    else:
+                        cont[:, j - ncat.shape[1]] = float(ncont[0, j - ncat.shape[1]])
+                c_new = self.module.embed_conditions(cat, cont, None, n=z.shape[0])
+                if transport and hasattr(prior, "to_noise"):
+                    z = prior.from_noise(prior.to_noise(z, c_old), c_new)
+                batch_index = tensors[REGISTRY_KEYS.BATCH_KEY].to(z.device)
+                px = self._decode(z, c_new, inf["library"], batch_index)
+                xs.append((px.mean if return_mean else px.sample()).cpu().numpy())
+        x = np.concatenate(xs).astype(np.float32)
+        obs = adata.obs.iloc[indices] if indices is not None else adata.obs
+        # scvi-tools' registration columns describe the input, not the counterfactual
+        obs = obs.loc[:, [c for c in obs.columns if not str(c).startswith("_scvi")]].copy()
+        for key, value in new.items():
+            if key in self._schema.categorical:
+                obs[key] = pd.Categorical(
+                    [value] * len(obs), categories=self._schema.categorical[key]
+                )
+            else:
+                obs[key] = float(value)
+        result = AnnData(
+            X=x if return_mean else sparse.csr_matrix(x), obs=obs, var=adata.var.copy()
+        )
+        result.uns["genvi"] = self._run_metadata(
+            method="predict_counterfactual",
+            new_conditions={k: str(v) for k, v in new.items()},
+            return_mean=return_mean,
+            transport=transport,
+            seed=seed,
+        )
+        return result
+
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
+        if adata is not None:
+            check_genes(adata, self.var_names_)
+            self._schema.check_obs(adata.obs)
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
+
+def transform_expression(x: np.ndarray, transform: str, target_sum: float = 1e4) -> np.ndarray:
+    """Counts to ``"counts"``, ``"normalized"`` (to ``target_sum`` per cell) or ``"log1p"``."""
+    if transform == "counts":
+        return x
+    totals = np.maximum(x.sum(1, keepdims=True), 1.0)
+    x = x / totals * target_sum
+    return np.log1p(x) if transform == "log1p" else x

@@ -1,0 +1,294 @@
+"""PriorVAE: a count VAE whose prior p(z | c) is learned from the conditions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.distributions import NegativeBinomial, Normal, Poisson, ZeroInflatedNegativeBinomial
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.nn import DecoderSCVI, Encoder
+from torch import nn
+from torch.distributions import Distribution
+
+from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi.nn import PRIORS, ConditionEncoder, kl_to_prior
+
+GeneLikelihood = Literal["nb", "zinb", "poisson", "normal"]
+Dispersion = Literal["gene", "gene-batch", "gene-cell"]
+
+
+class PriorVAE(BaseModuleClass):
+    """Conditional-prior VAE for expression data.
+
+    Encoder q(z | x, c), decoder p(x | z, c, batch) with a count likelihood (or Normal for
+    log-scale data) and a learned prior p(z | c). The conditions c are embedded once by a
+    shared :class:`~genvi.nn.ConditionEncoder`; a key dropped by condition dropout is
+    dropped for the encoder, decoder and prior alike, which is what makes generation from
+    partial conditions consistent.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_batch
+        Number of batches (nuisance, decoder only); 1 for none.
+    n_cats_per_key
+        Categories of each categorical condition key.
+    n_continuous
+        Number of continuous condition keys.
+    continuous_mean, continuous_std
+        Training statistics used to standardise continuous conditions.
+    n_latent, n_hidden, n_layers, dropout_rate
+        Network sizes, as in :class:`scvi.module.VAE`.
+    n_embed
+        Embedding size per condition key.
+    condition_dropout
+        Probability of dropping each condition key during training (replaced by its null token).
+    prior
+        ``"gaussian"`` (conditional Gaussian), ``"normal"`` (N(0, I)) or ``"mog"``
+        (conditional mixture of Gaussians).
+    prior_kwargs
+        Passed to the prior (e.g. ``n_components`` for ``"mog"``).
+    gene_likelihood
+        ``"nb"``, ``"zinb"``, ``"poisson"`` or ``"normal"``.
+    dispersion
+        ``"gene"``, ``"gene-batch"`` or ``"gene-cell"``.
+    use_size_factor_key
+        Use registered size factors instead of the observed library size.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_batch: int = 1,
+        n_cats_per_key: Sequence[int] = (),
+        n_continuous: int = 0,
+        continuous_mean: Sequence[float] | None = None,
+        continuous_std: Sequence[float] | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        n_embed: int = 16,
+        condition_dropout: float = 0.1,
+        prior: str = "gaussian",
+        prior_kwargs: dict | None = None,
+        gene_likelihood: GeneLikelihood = "nb",
+        dispersion: Dispersion = "gene",
+        use_size_factor_key: bool = False,
+    ):
+        super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"Unknown prior {prior!r}; choose one of {sorted(PRIORS)}.")
+        if gene_likelihood not in ("nb", "zinb", "poisson", "normal"):
+            raise ValueError(
+                f"Unknown gene_likelihood {gene_likelihood!r}; use 'nb', 'zinb', 'poisson' "
+                "or 'normal'."
+            )
+        if dispersion not in ("gene", "gene-batch", "gene-cell"):
+            raise ValueError(f"Unknown dispersion {dispersion!r}.")
+        self.n_input = n_input
+        self.n_batch = n_batch
+        self.n_latent = n_latent
+        self.gene_likelihood = gene_likelihood
+        self.dispersion = dispersion
+        self.use_size_factor_key = use_size_factor_key
+        self.prior_name = prior
+
+        self.condition_encoder = ConditionEncoder(
+            n_cats_per_key,
+            n_continuous,
+            n_embed,
+            continuous_mean,
+            continuous_std,
+            dropout=condition_dropout,
+        )
+        n_cond = self.condition_encoder.n_output
+        self.prior = PRIORS[prior](n_latent=n_latent, n_cond=n_cond, **(prior_kwargs or {}))
+        self.z_encoder = Encoder(
+            n_input + n_cond,
+            n_latent,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            return_dist=True,
+        )
+        self.decoder = DecoderSCVI(
+            n_latent + n_cond,
+            n_input,
+            n_cat_list=[n_batch],
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+        )
+        if gene_likelihood == "normal":
+            # log-scale data: an unconstrained mean instead of library x softmax proportions
+            self.normal_loc = nn.Linear(n_hidden, n_input)
+        if dispersion == "gene":
+            self.px_r = nn.Parameter(torch.randn(n_input))
+        elif dispersion == "gene-batch":
+            self.px_r = nn.Parameter(torch.randn(n_input, n_batch))
+
+    # ------------------------------------------------------------------ plumbing
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "cond_cat": tensors.get(GENVI_REGISTRY_KEYS.COND_CAT_KEY),
+            "cond_cont": tensors.get(GENVI_REGISTRY_KEYS.COND_CONT_KEY),
+            "size_factor": tensors.get(REGISTRY_KEYS.SIZE_FACTOR_KEY),
+        }
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        return {
+            "z": inference_outputs["z"],
+            "library": inference_outputs["library"],
+            "c": inference_outputs["c"],
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+        }
+
+    def embed_conditions(
+        self,
+        cond_cat: torch.Tensor | None,
+        cond_cont: torch.Tensor | None,
+        keep: torch.Tensor | None = None,
+        n: int | None = None,
+    ) -> torch.Tensor:
+        """Condition embedding c for a batch (constant input if the model is unconditional)."""
+        if cond_cat is None and cond_cont is None:
+            return torch.ones(n, 1, device=self.device)
+        return self.condition_encoder(cond_cat, cond_cont, keep)
+
+    def library_from_counts(
+        self, x: torch.Tensor, size_factor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Log library size (observed), or log size factor when one is registered."""
+        if self.gene_likelihood == "normal":
+            return torch.zeros(x.shape[0], 1, device=x.device)
+        if self.use_size_factor_key and size_factor is not None:
+            return torch.log(size_factor)
+        return torch.log(x.sum(1, keepdim=True).clamp_min(1.0))
+
+    # ------------------------------------------------------------------ model
+    @auto_move_data
+    def inference(
+        self,
+        x: torch.Tensor,
+        cond_cat: torch.Tensor | None = None,
+        cond_cont: torch.Tensor | None = None,
+        size_factor: torch.Tensor | None = None,
+        n_samples: int = 1,
+        keep: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | Distribution]:
+        """Encode x (and c) into q(z | x, c)."""
+        library = self.library_from_counts(x, size_factor)
+        c = self.embed_conditions(cond_cat, cond_cont, keep, n=x.shape[0])
+        x_in = x if self.gene_likelihood == "normal" else torch.log1p(x)
+        qz, z = self.z_encoder(torch.cat([x_in, c], dim=-1))
+        if n_samples > 1:
+            z = qz.rsample((n_samples,))
+        return {"qz": qz, "z": z, "library": library, "c": c}
+
+    @auto_move_data
+    def generative(
+        self,
+        z: torch.Tensor,
+        library: torch.Tensor,
+        c: torch.Tensor,
+        batch_index: torch.Tensor,
+        transform_batch: int | None = None,
+    ) -> dict[str, Distribution]:
+        """Decode z into p(x | z, c, batch); also return the prior p(z | c)."""
+        if transform_batch is not None:
+            batch_index = torch.full_like(batch_index, int(transform_batch))
+        c_z = c.expand(z.shape[0], -1, -1) if z.dim() == 3 else c
+        dec_in = torch.cat([z, c_z], dim=-1)
+        return {"px": self.decode(dec_in, library, batch_index), "pz": self.prior(c)}
+
+    def decode(
+        self, dec_in: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor
+    ) -> Distribution:
+        """p(x | z, c, batch) from the decoder input ``[z, c]``."""
+        if self.gene_likelihood == "normal":
+            hidden = self.decoder.px_decoder(dec_in, batch_index)
+            loc = self.normal_loc(hidden)
+            scale = self._dispersion(None, batch_index, hidden)
+            return Normal(loc, scale, normal_mu=loc)
+        px_scale, px_r, px_rate, px_dropout = self.decoder(
+            self.dispersion, dec_in, library, batch_index
+        )
+        theta = self._dispersion(px_r, batch_index)
+        if self.gene_likelihood == "nb":
+            return NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
+        if self.gene_likelihood == "zinb":
+            return ZeroInflatedNegativeBinomial(
+                mu=px_rate, theta=theta, zi_logits=px_dropout, scale=px_scale
+            )
+        return Poisson(rate=px_rate, scale=px_scale)
+
+    def _dispersion(
+        self,
+        px_r: torch.Tensor | None,
+        batch_index: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.dispersion == "gene-cell":
+            if px_r is None:  # the Normal head reuses the scVI dispersion decoder for log-scale
+                px_r = self.decoder.px_r_decoder(hidden)
+            return torch.exp(px_r)
+        if self.dispersion == "gene-batch":
+            onehot = nn.functional.one_hot(batch_index.long().squeeze(-1), self.n_batch).float()
+            return torch.exp(onehot @ self.px_r.T)
+        return torch.exp(self.px_r)
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+    ) -> LossOutput:
+        """Negative ELBO with a warm-up weight on the KL term."""
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        rec = -generative_outputs["px"].log_prob(x).sum(-1)
+        kl = kl_to_prior(inference_outputs["qz"], generative_outputs["pz"], inference_outputs["z"])
+        loss = torch.mean(rec + kl_weight * kl)
+        return LossOutput(loss=loss, reconstruction_loss=rec, kl_local=kl)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
+        """Posterior predictive samples ``(n, genes)`` or ``(n, genes, n_samples)``."""
+        _, gen = self.forward(
+            tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
+        )
+        samples = gen["px"].sample()
+        return samples.permute(1, 2, 0).cpu() if n_samples > 1 else samples.cpu()
+
+    @torch.inference_mode()
+    def marginal_ll(
+        self,
+        tensors: dict[str, torch.Tensor],
+        n_mc_samples: int = 100,
+        return_mean: bool = False,
+        n_mc_samples_per_pass: int = 25,
+    ) -> torch.Tensor | float:
+        """Importance-weighted estimate of log p(x | c) per cell (library size observed)."""
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        inf_in = self._get_inference_input(tensors)
+        chunks = []
+        done = 0
+        while done < n_mc_samples:
+            s = min(n_mc_samples_per_pass, n_mc_samples - done)
+            inf = self.inference(**inf_in, n_samples=max(s, 2))
+            z = inf["z"][:s]
+            gen = self.generative(z, inf["library"], inf["c"], tensors[REGISTRY_KEYS.BATCH_KEY])
+            log_px = gen["px"].log_prob(x.to(z.device)).sum(-1)
+            log_pz = gen["pz"].log_prob(z)
+            log_qz = inf["qz"].log_prob(z).sum(-1)
+            chunks.append(log_px + log_pz - log_qz)
+            done += s
+        log_w = torch.cat(chunks, dim=0)
+        ll = torch.logsumexp(log_w, dim=0) - torch.log(torch.tensor(float(n_mc_samples)))
+        return ll.mean().item() if return_mean else ll

@@ -1,0 +1,136 @@
+"""Priors p(z | c): modules whose ``forward(c)`` returns a torch Distribution over z."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
+
+
+def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(n_in, n_hidden),
+        nn.SiLU(),
+        nn.Linear(n_hidden, n_hidden),
+        nn.SiLU(),
+        nn.Linear(n_hidden, n_out),
+    )
+
+
+class StandardNormalPrior(nn.Module):
+    """N(0, I), ignoring the conditions (the scVI prior).
+
+    Parameters
+    ----------
+    n_latent
+        Dimension of z.
+    """
+
+    def __init__(self, n_latent: int, **kwargs):
+        super().__init__()
+        self.n_latent = n_latent
+        self.register_buffer("_zero", torch.zeros(1))
+
+    def forward(self, c: torch.Tensor) -> Distribution:
+        """Return the prior for a batch of (ignored) condition embeddings ``(n, n_cond)``."""
+        loc = self._zero.expand(c.shape[0], self.n_latent)
+        return Independent(Normal(loc, torch.ones_like(loc)), 1)
+
+    def to_noise(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Map z to the exogenous noise u with z = f(u; c) (identity here)."""
+        return z
+
+    def from_noise(self, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_noise`."""
+        return u
+
+
+class ConditionalGaussianPrior(nn.Module):
+    """Diagonal Gaussian N(mu(c), diag sigma(c)^2) with a small network on the condition embedding.
+
+    Parameters
+    ----------
+    n_latent
+        Dimension of z.
+    n_cond
+        Size of the condition embedding.
+    n_hidden
+        Width of the prior network.
+    """
+
+    def __init__(self, n_latent: int, n_cond: int, n_hidden: int = 128, **kwargs):
+        super().__init__()
+        self.net = _mlp(n_cond, n_hidden, 2 * n_latent)
+        # start at N(0, I) so early training behaves like scVI
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _params(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_scale = self.net(c).chunk(2, dim=-1)
+        return loc, nn.functional.softplus(raw_scale + 0.5413) + 1e-4  # softplus(0.5413) = 1
+
+    def forward(self, c: torch.Tensor) -> Distribution:
+        """Return p(z | c) for condition embeddings ``(n, n_cond)``."""
+        loc, scale = self._params(c)
+        return Independent(Normal(loc, scale), 1)
+
+    def to_noise(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Standardise z under p(z | c): the exogenous noise u with z = mu(c) + sigma(c) u."""
+        loc, scale = self._params(c)
+        return (z - loc) / scale
+
+    def from_noise(self, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_noise`."""
+        loc, scale = self._params(c)
+        return loc + scale * u
+
+
+class MixtureOfGaussiansPrior(nn.Module):
+    """Conditional mixture of diagonal Gaussians.
+
+    Component means are learned and shifted by a condition-dependent offset; the mixture
+    weights are a function of the condition, so each condition can use its own subset of
+    components (sub-populations inside a condition).
+
+    Parameters
+    ----------
+    n_latent
+        Dimension of z.
+    n_cond
+        Size of the condition embedding.
+    n_components
+        Number of mixture components.
+    n_hidden
+        Width of the networks on the condition embedding.
+    """
+
+    def __init__(
+        self, n_latent: int, n_cond: int, n_components: int = 10, n_hidden: int = 128, **kwargs
+    ):
+        super().__init__()
+        self.n_components = n_components
+        self.locs = nn.Parameter(torch.randn(n_components, n_latent))
+        self.raw_scales = nn.Parameter(torch.zeros(n_components, n_latent))
+        self.logits_net = _mlp(n_cond, n_hidden, n_components)
+        self.shift_net = _mlp(n_cond, n_hidden, n_latent)
+        nn.init.zeros_(self.logits_net[-1].weight)
+        nn.init.zeros_(self.logits_net[-1].bias)
+        nn.init.zeros_(self.shift_net[-1].weight)
+        nn.init.zeros_(self.shift_net[-1].bias)
+
+    def forward(self, c: torch.Tensor) -> Distribution:
+        """Return p(z | c) for condition embeddings ``(n, n_cond)``."""
+        n = c.shape[0]
+        loc = self.locs.unsqueeze(0) + self.shift_net(c).unsqueeze(1)  # (n, K, d)
+        scale = (nn.functional.softplus(self.raw_scales) + 1e-4).unsqueeze(0).expand_as(loc)
+        mix = Categorical(logits=self.logits_net(c))
+        comp = Independent(Normal(loc, scale), 1)
+        assert comp.batch_shape == (n, self.n_components)
+        return MixtureSameFamily(mix, comp)
+
+
+PRIORS: dict[str, type[nn.Module]] = {
+    "normal": StandardNormalPrior,
+    "gaussian": ConditionalGaussianPrior,
+    "mog": MixtureOfGaussiansPrior,
+}
