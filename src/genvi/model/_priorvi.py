@@ -69,6 +69,9 @@ class PriorVI(GenerativeMixin, RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin,
         partial conditions. ``0`` disables it.
     prior_kwargs
         Extra arguments for the prior, e.g. ``{"n_components": 10}`` for ``"mog"``.
+    decode_conditions
+        Also condition the decoder on c (p(x | z, c)). With ``False`` the decoder sees z
+        only, so condition effects live entirely in the prior p(z | c).
 
     Examples
     --------
@@ -97,6 +100,7 @@ class PriorVI(GenerativeMixin, RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin,
         n_embed: int = 16,
         condition_dropout: float = 0.1,
         prior_kwargs: dict | None = None,
+        decode_conditions: bool = True,
     ):
         super().__init__(adata)
         if gene_likelihood != "normal":
@@ -120,6 +124,7 @@ class PriorVI(GenerativeMixin, RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin,
             prior_kwargs=prior_kwargs,
             gene_likelihood=gene_likelihood,
             dispersion=dispersion,
+            decode_conditions=decode_conditions,
             use_size_factor_key=REGISTRY_KEYS.SIZE_FACTOR_KEY in self.adata_manager.data_registry,
         )
         self._store_training_reference()

@@ -58,6 +58,9 @@ class PriorVAE(BaseModuleClass):
         ``"gene"``, ``"gene-batch"`` or ``"gene-cell"``.
     use_size_factor_key
         Use registered size factors instead of the observed library size.
+    decode_conditions
+        Give the conditions to the decoder as well (p(x | z, c)); with ``False`` the
+        decoder sees z only and every condition effect must pass through the prior.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class PriorVAE(BaseModuleClass):
         gene_likelihood: GeneLikelihood = "nb",
         dispersion: Dispersion = "gene",
         use_size_factor_key: bool = False,
+        decode_conditions: bool = True,
     ):
         super().__init__()
         if prior not in PRIORS:
@@ -116,8 +120,9 @@ class PriorVAE(BaseModuleClass):
             dropout_rate=dropout_rate,
             return_dist=True,
         )
+        self.decode_conditions = decode_conditions
         self.decoder = DecoderSCVI(
-            n_latent + n_cond,
+            n_latent + (n_cond if decode_conditions else 0),
             n_input,
             n_cat_list=[n_batch],
             n_layers=n_layers,
@@ -202,14 +207,21 @@ class PriorVAE(BaseModuleClass):
         """Decode z into p(x | z, c, batch); also return the prior p(z | c)."""
         if transform_batch is not None:
             batch_index = torch.full_like(batch_index, int(transform_batch))
-        c_z = c.expand(z.shape[0], -1, -1) if z.dim() == 3 else c
-        dec_in = torch.cat([z, c_z], dim=-1)
-        return {"px": self.decode(dec_in, library, batch_index), "pz": self.prior(c)}
+        return {"px": self.decode(z, c, library, batch_index), "pz": self.prior(c)}
 
     def decode(
-        self, dec_in: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
     ) -> Distribution:
-        """p(x | z, c, batch) from the decoder input ``[z, c]``."""
+        """p(x | z, c, batch); ``z`` may carry a leading sample dimension."""
+        if self.decode_conditions:
+            c_z = c.expand(z.shape[0], -1, -1) if z.dim() == 3 else c
+            dec_in = torch.cat([z, c_z], dim=-1)
+        else:
+            dec_in = z
         if self.gene_likelihood == "normal":
             hidden = self.decoder.px_decoder(dec_in, batch_index)
             loc = self.normal_loc(hidden)

@@ -46,7 +46,7 @@ class GenerativeMixin:
     def _decode(
         self, z: torch.Tensor, c: torch.Tensor, log_library: torch.Tensor, batch: torch.Tensor
     ) -> Distribution:
-        return self.module.decode(torch.cat([z, c], dim=-1), log_library, batch)
+        return self.module.decode(z, c, log_library, batch)
 
     # ------------------------------------------------------------------ helpers
     def _condition_tensors(self, cat, cont, keep) -> torch.Tensor:
