@@ -2,7 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import data, metrics, model, module, nn, pl
+
 try:
     __version__ = version("genvi")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
+
+__all__ = ["data", "metrics", "model", "module", "nn", "pl"]

@@ -27,6 +27,7 @@ from genvi.model.base import (
     ConditionSchema,
     GenerativeMixin,
     GenviTrainingPlan,
+    LoadMixin,
     default_kl_warmup,
 )
 from genvi.module import PriorVAE
@@ -34,7 +35,9 @@ from genvi.module import PriorVAE
 logger = logging.getLogger(__name__)
 
 
-class PriorVI(GenerativeMixin, RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class PriorVI(
+    LoadMixin, GenerativeMixin, RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass
+):
     """Conditional-prior variational autoencoder for count data.
 
     Learns an encoder q(z | x, c), a count decoder p(x | z, c, batch) and a prior p(z | c)
@@ -245,6 +248,8 @@ class PriorVI(GenerativeMixin, RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin,
             Nuisance batch column, used by the decoder only.
         size_factor_key
             Optional obs column of size factors replacing the observed library size.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
         condition_keys = _as_list(condition_keys, "condition_keys")
         continuous_condition_keys = _as_list(continuous_condition_keys, "continuous_condition_keys")

@@ -2,12 +2,14 @@
 
 from ._conditions import ConditionSchema
 from ._generation import GenerativeMixin, transform_expression
+from ._io import LoadMixin
 from ._training import GenviTrainingPlan, default_kl_warmup
 
 __all__ = [
     "ConditionSchema",
     "GenerativeMixin",
     "GenviTrainingPlan",
+    "LoadMixin",
     "default_kl_warmup",
     "transform_expression",
 ]

@@ -1,0 +1,384 @@
+"""Generation quality on PBMC3k (BENCHMARKS.md, "Generation quality").
+
+Split the cells 80/20 stratified by ``cell_type_coarse``, train on 80%, and for every cell type
+with at least 30 held-out cells generate as many cells as were held out. Generated cells are
+compared with the real held-out cells by :func:`genvi.metrics.compare_conditions` (energy
+distance, RBF-MMD², classifier two-sample AUROC, per-gene mean / variance agreement, each with
+its real-vs-real noise floor), with scVI as the baseline of the normalised scores
+``(model - floor) / (baseline - floor)``.
+
+Methods, all on the same split:
+
+1. ``PriorVI(prior="gaussian")``: conditional Gaussian prior p(z | c), condition in the decoder.
+2. ``PriorVI(prior="normal")``: z ~ N(0, I), condition in the decoder.
+3. ``scvi.model.SCVI`` with the condition as a categorical covariate of the decoder,
+   z ~ N(0, I), library sizes drawn from training cells of the condition.
+4. Resampled real training cells of the condition (fidelity upper bound; fails privacy).
+5. Noise floor: two halves of the real held-out cells.
+
+Also records seconds per training epoch of PriorVI vs scVI (wall clock, same data and batch
+size). Run from the repository root::
+
+    python benchmarks/generation.py --quick      # smoke run, ~20 epochs
+    python benchmarks/generation.py              # full run, writes benchmarks/results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    default_data_dir,
+    load_dataset,
+    machine_info,
+    markdown_table,
+    quiet,
+    stratified_split,
+    timed,
+    write_json,
+)
+
+DATASET = "pbmc3k_labeled.h5ad"
+CONDITION = "cell_type_coarse"
+MIN_CELLS = 30
+BATCH_SIZE = 128
+QUICK_EPOCHS = 20
+
+METHODS = {
+    "priorvi_gaussian": "PriorVI (conditional Gaussian prior)",
+    "priorvi_normal": "PriorVI (N(0, I) prior)",
+    "scvi": "scVI (N(0, I), condition in decoder)",
+    "resample": "Resampled training cells",
+}
+TABLE_METRICS = [
+    ("energy", "energy"),
+    ("mmd", "MMD²"),
+    ("c2st_auroc", "C2ST AUROC"),
+    ("mean_r2", "mean R²"),
+    ("var_r2", "var R²"),
+    ("mean_pearson", "mean r"),
+    ("energy_score", "energy score"),
+    ("mmd_score", "MMD score"),
+]
+FLOOR_NAMES = {
+    "energy": "energy_floor",
+    "mmd": "mmd_floor",
+    "c2st_auroc": "c2st_floor",
+    "mean_r2": "mean_r2_floor",
+    "var_r2": "var_r2_floor",
+    "mean_pearson": "mean_pearson_floor",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help=f"folder holding {DATASET} (default: $GENVI_DATA_DIR or ../shared/data)",
+    )
+    parser.add_argument("--max-epochs", type=int, default=200, help="training epochs per model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of split, models and metrics")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON output (default: benchmarks/results/generation_pbmc3k.json, "
+        "or generation_pbmc3k_quick.json with --quick)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"smoke run: {QUICK_EPOCHS} epochs per model"
+    )
+    parser.add_argument(
+        "--scvi-likelihood",
+        default="nb",
+        choices=["nb", "zinb", "poisson"],
+        help="scVI gene likelihood (default nb, the same as PriorVI's)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_epochs = min(args.max_epochs, QUICK_EPOCHS)
+    if args.out is None:
+        name = "generation_pbmc3k_quick.json" if args.quick else "generation_pbmc3k.json"
+        args.out = RESULTS_DIR / name
+    return args
+
+
+# ---------------------------------------------------------------------------- generators
+def train_priorvi(train: ad.AnnData, prior: str, max_epochs: int, seed: int) -> tuple[Any, float]:
+    """Fit PriorVI on a copy of ``train``; return the model and the training seconds."""
+    import scvi
+
+    from genvi.model import PriorVI
+
+    adata = train.copy()
+    scvi.settings.seed = seed
+    PriorVI.setup_anndata(adata, condition_keys=[CONDITION])
+    model = PriorVI(adata, prior=prior)
+    _, seconds = timed(
+        lambda: model.train(max_epochs=max_epochs, batch_size=BATCH_SIZE, enable_progress_bar=False)
+    )
+    return model, seconds
+
+
+def generate_priorvi(model: Any, n_cells: dict[str, int], seed: int) -> ad.AnnData:
+    """``n_cells[c]`` cells of each condition ``c`` from a trained PriorVI."""
+    specs = [{CONDITION: c} for c in n_cells]
+    return model.generate(specs, n_cells=list(n_cells.values()), seed=seed)
+
+
+def train_scvi(
+    train: ad.AnnData, max_epochs: int, seed: int, gene_likelihood: str
+) -> tuple[Any, float]:
+    """Fit scVI with the condition as a decoder covariate, KL warm-up as PriorVI's."""
+    import scvi
+
+    from genvi.model.base import default_kl_warmup
+
+    adata = train.copy()
+    scvi.settings.seed = seed
+    scvi.model.SCVI.setup_anndata(adata, categorical_covariate_keys=[CONDITION])
+    model = scvi.model.SCVI(adata, gene_likelihood=gene_likelihood)
+    plan_kwargs = {"n_epochs_kl_warmup": default_kl_warmup(max_epochs)}
+    _, seconds = timed(
+        lambda: model.train(
+            max_epochs=max_epochs,
+            batch_size=BATCH_SIZE,
+            enable_progress_bar=False,
+            plan_kwargs=plan_kwargs,
+        )
+    )
+    return model, seconds
+
+
+def generate_scvi(model: Any, n_cells: dict[str, int], seed: int) -> ad.AnnData:
+    """Sample z ~ N(0, I) and decode with the condition covariate.
+
+    Library sizes are drawn uniformly (with replacement) from the training cells of the same
+    condition, as genvi's ``generate`` does; counts are samples of the decoder's likelihood.
+    """
+    import torch
+    from scvi import REGISTRY_KEYS
+
+    manager = model.adata_manager
+    mapping = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).mappings[CONDITION]
+    categories = [str(c) for c in mapping]
+    train_labels = model.adata.obs[CONDITION].astype(str).to_numpy()
+    x_train = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    train_library = np.maximum(np.asarray(x_train.sum(1), dtype=np.float64).ravel(), 1.0)
+
+    module = model.module
+    module.eval()
+    rng = np.random.default_rng(seed)
+    xs, labels = [], []
+    with torch.random.fork_rng(), torch.inference_mode():
+        torch.manual_seed(seed)
+        for cond, n in n_cells.items():
+            lib = train_library[rng.choice(np.flatnonzero(train_labels == cond), size=n)]
+            dev = module.device
+            z = torch.randn(n, module.n_latent, device=dev)
+            out = module.generative(
+                z=z,
+                library=torch.as_tensor(np.log(lib), dtype=torch.float32, device=dev)[:, None],
+                batch_index=torch.zeros(n, 1, dtype=torch.long, device=dev),
+                cat_covs=torch.full((n, 1), categories.index(cond), dtype=torch.long, device=dev),
+            )
+            xs.append(out["px"].sample().cpu().numpy().astype(np.float32))
+            labels += [cond] * n
+    obs = pd.DataFrame(
+        {CONDITION: pd.Categorical(labels, categories=categories)},
+        index=[f"scvi_{i}" for i in range(len(labels))],
+    )
+    return ad.AnnData(
+        X=sp.csr_matrix(np.concatenate(xs)), obs=obs, var=pd.DataFrame(index=model.adata.var_names)
+    )
+
+
+def resample_training(train: ad.AnnData, n_cells: dict[str, int], seed: int) -> ad.AnnData:
+    """Real training cells of each condition (without replacement while there are enough)."""
+    rng = np.random.default_rng(seed)
+    labels = train.obs[CONDITION].astype(str).to_numpy()
+    idx = []
+    for cond, n in n_cells.items():
+        pool = np.flatnonzero(labels == cond)
+        idx.append(rng.choice(pool, size=n, replace=n > len(pool)))
+    idx = np.concatenate(idx)
+    out = ad.AnnData(
+        X=sp.csr_matrix(train.X[idx]),
+        obs=train.obs[[CONDITION]].iloc[idx].copy(),
+        var=pd.DataFrame(index=train.var_names),
+    )
+    out.obs_names = [f"resample_{i}" for i in range(out.n_obs)]
+    return out
+
+
+# ---------------------------------------------------------------------------- reporting
+def quality_table(summaries: dict[str, pd.Series]) -> str:
+    """One row per method and the noise floor, means over the scored conditions."""
+    header = ["method"] + [name for _, name in TABLE_METRICS]
+    rows = []
+    for key, summary in summaries.items():
+        rows.append([METHODS[key]] + [summary.get(col, np.nan) for col, _ in TABLE_METRICS])
+    floor = next(iter(summaries.values()))
+    rows.append(
+        ["Noise floor (real vs real halves)"]
+        + [
+            floor.get(FLOOR_NAMES.get(col, ""), 0.0 if col.endswith("_score") else np.nan)
+            for col, _ in TABLE_METRICS
+        ]
+    )
+    return markdown_table(header, rows)
+
+
+def timing_table(timings: dict[str, dict[str, float]]) -> str:
+    """Training wall clock per method and its ratio to scVI."""
+    ref = timings["scvi"]["seconds_per_epoch"]
+    rows = [
+        [
+            METHODS[key],
+            t["epochs"],
+            t["train_seconds"],
+            t["seconds_per_epoch"],
+            t["seconds_per_epoch"] / ref,
+        ]
+        for key, t in timings.items()
+    ]
+    header = ["method", "epochs", "train s", "s / epoch", "ratio vs scVI"]
+    return markdown_table(header, rows)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the tables and write the JSON."""
+    args = parse_args(argv)
+    quiet()
+    adata = load_dataset(args.data_dir, DATASET)
+
+    import scvi
+
+    import genvi
+
+    scvi.settings.seed = args.seed
+    adata.obs[CONDITION] = adata.obs[CONDITION].astype("category")
+    train_idx, test_idx = stratified_split(adata.obs[CONDITION], test_size=0.2, seed=args.seed)
+    train, test = adata[train_idx].copy(), adata[test_idx].copy()
+    held_out = test.obs[CONDITION].value_counts()
+    n_cells = {str(c): int(n) for c, n in held_out.sort_index().items() if n >= MIN_CELLS}
+    print(
+        f"{DATASET}: {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, "
+        f"test {test.n_obs}; scored conditions (>= {MIN_CELLS} held-out cells): {n_cells}",
+        flush=True,
+    )
+
+    space = genvi.metrics.ReferenceSpace.fit(train, n_top_genes=2000, n_comps=50, seed=args.seed)
+
+    synthetic: dict[str, ad.AnnData] = {}
+    timings: dict[str, dict[str, float]] = {}
+    for key, prior in (("priorvi_gaussian", "gaussian"), ("priorvi_normal", "normal")):
+        print(f"training {METHODS[key]} for {args.max_epochs} epochs...", flush=True)
+        model, seconds = train_priorvi(train, prior, args.max_epochs, args.seed)
+        timings[key] = {"epochs": args.max_epochs, "train_seconds": seconds}
+        synthetic[key] = generate_priorvi(model, n_cells, args.seed)
+    print(f"training {METHODS['scvi']} for {args.max_epochs} epochs...", flush=True)
+    model, seconds = train_scvi(train, args.max_epochs, args.seed, args.scvi_likelihood)
+    timings["scvi"] = {"epochs": args.max_epochs, "train_seconds": seconds}
+    synthetic["scvi"] = generate_scvi(model, n_cells, args.seed)
+    synthetic["resample"] = resample_training(train, n_cells, args.seed)
+    for t in timings.values():
+        t["seconds_per_epoch"] = t["train_seconds"] / t["epochs"]
+    timings = {k: timings[k] for k in ("priorvi_gaussian", "priorvi_normal", "scvi")}
+
+    tables, summaries = {}, {}
+    for key, syn in synthetic.items():
+        print(f"scoring {METHODS[key]}...", flush=True)
+        df = genvi.metrics.compare_conditions(
+            test,
+            syn,
+            [CONDITION],
+            space,
+            min_cells=MIN_CELLS,
+            seed=args.seed,
+            baseline=synthetic["scvi"],
+        )
+        tables[key], summaries[key] = df, genvi.metrics.summarize(df)
+    attrs = dict(next(iter(tables.values())).attrs)
+
+    machine = machine_info()
+    ratio = timings["priorvi_gaussian"]["seconds_per_epoch"] / timings["scvi"]["seconds_per_epoch"]
+    print()
+    print(
+        f"## Generation quality: {DATASET}, by {CONDITION}, {args.max_epochs} epochs, "
+        f"seed {args.seed} (means over {int(summaries['scvi']['n_conditions'])} conditions; "
+        "scores: 0 = noise floor, 1 = scVI)"
+    )
+    print()
+    print(quality_table(summaries))
+    print()
+    print(f"## Training time (wall clock, batch size {BATCH_SIZE}, {train.n_obs} cells)")
+    print()
+    print(timing_table(timings))
+    print()
+    print(f"PriorVI (gaussian) / scVI seconds per epoch: {ratio:.2f}")
+    print()
+    print(
+        f"Machine: {machine['cpu_usable']} usable CPU cores (of {machine['cpu_count']}), "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads), "
+        f"scvi-tools {machine['scvi_tools']}, genvi {machine['genvi']}, "
+        f"device: {machine['device']}, load average {machine['load_average_1_5_15min']}"
+    )
+
+    payload = {
+        "benchmark": "generation",
+        "dataset": DATASET,
+        "condition_key": CONDITION,
+        "settings": {
+            "max_epochs": args.max_epochs,
+            "quick": args.quick,
+            "seed": args.seed,
+            "batch_size": BATCH_SIZE,
+            "test_size": 0.2,
+            "min_cells": MIN_CELLS,
+            "n_train": train.n_obs,
+            "n_test": test.n_obs,
+            "held_out_cells": {str(k): int(v) for k, v in held_out.items()},
+            "generated_cells": n_cells,
+            "reference_space": {
+                "n_top_genes": 2000,
+                "n_comps": space.n_comps,
+                "hvg_flavor": space.hvg_flavor,
+                "totals_over": space.totals_over,
+            },
+            "scvi": {
+                "gene_likelihood": args.scvi_likelihood,
+                "categorical_covariate_keys": [CONDITION],
+                "n_epochs_kl_warmup": max(1, args.max_epochs // 4),
+                "latent_sampling": "z ~ N(0, I); library from training cells of the condition",
+            },
+            "baseline_of_scores": "scvi",
+            "compare_conditions_attrs": attrs,
+        },
+        "methods": METHODS,
+        "summaries": summaries,
+        "per_condition": tables,
+        "timings": {**timings, "priorvi_gaussian_over_scvi_seconds_per_epoch": ratio},
+        "machine": machine,
+    }
+    path = write_json(payload, args.out)
+    print(f"\nwrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Shared fixtures: one small simulated dataset with known truth and models trained on it."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scvi
+
+import genvi
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+N_EPOCHS = 150
+
+
+def quiet_train(model, **kwargs):
+    """Train without progress bars or Lightning's chatter."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kwargs.setdefault("enable_progress_bar", False)
+        model.train(**kwargs)
+    return model
+
+
+def stratified_split(labels, test_fraction: float = 0.2, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for value in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == value))
+        n_test = int(round(len(idx) * test_fraction))
+        test.extend(idx[:n_test])
+        train.extend(idx[n_test:])
+    return np.sort(train), np.sort(test)
+
+
+@pytest.fixture(scope="session")
+def sim():
+    """4 cell types x 2 treatments, 150 genes, NB counts with hidden factors."""
+    return genvi.data.simulate(n_cells=2000, n_genes=150, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sim_split(sim):
+    labels = (sim.obs["cell_type"].astype(str) + "|" + sim.obs["treatment"].astype(str)).values
+    train_idx, test_idx = stratified_split(labels)
+    return sim[train_idx].copy(), sim[test_idx].copy()
+
+
+def _train_prior(train, prior: str):
+    scvi.settings.seed = 0
+    adata = train.copy()
+    genvi.model.PriorVI.setup_anndata(adata, condition_keys=["cell_type", "treatment"])
+    model = genvi.model.PriorVI(adata, prior=prior)
+    return quiet_train(model, max_epochs=N_EPOCHS)
+
+
+@pytest.fixture(scope="session")
+def model_gaussian(sim_split):
+    return _train_prior(sim_split[0], "gaussian")
+
+
+@pytest.fixture(scope="session")
+def model_normal(sim_split):
+    return _train_prior(sim_split[0], "normal")
+
+
+@pytest.fixture
+def tiny():
+    """A 200-cell dataset for fast contract and error tests."""
+    return genvi.data.simulate(n_cells=200, n_genes=40, n_cell_types=2, seed=1)
