@@ -111,9 +111,10 @@ def test_predictive_intervals_cover_held_out_cells(sim_split, model_gaussian):
             inside = (real >= pred["lower"].to_numpy()) & (real <= pred["upper"].to_numpy())
             covs.append(inside[:, genes].mean())
         coverage[ci] = float(np.mean(covs))
-    assert abs(coverage[0.5] - 0.5) < 0.12, coverage
-    assert abs(coverage[0.8] - 0.8) < 0.08, coverage
-    assert abs(coverage[0.95] - 0.95) < 0.04, coverage
+    # measured at 300 epochs: 0.53, 0.83, 0.965 (at 150 epochs: 0.63, 0.89, 0.987)
+    assert abs(coverage[0.5] - 0.5) < 0.08, coverage
+    assert abs(coverage[0.8] - 0.8) < 0.06, coverage
+    assert abs(coverage[0.95] - 0.95) < 0.03, coverage
     pred = model_gaussian.predict_with_confidence(
         [{"cell_type": "type_0"}, {"cell_type": "type_1"}], n_samples=200
     )

@@ -29,7 +29,7 @@ def run_demo(
     layer: str | None = None,
     out: Path = Path("genvi_demo"),
     prior: str = "gaussian",
-    max_epochs: int = 300,
+    max_epochs: int = 400,
     test_fraction: float = 0.2,
     min_cells: int = 10,
     seed: int = 0,

@@ -23,8 +23,8 @@ Dispersion = Literal["gene", "gene-batch", "gene-cell"]
 class PriorVAE(BaseModuleClass):
     """Conditional-prior VAE for expression data.
 
-    Encoder q(z | x, c), decoder p(x | z, c, batch) with a count likelihood (or Normal for
-    log-scale data) and a learned prior p(z | c). The conditions c are embedded once by a
+    Encoder q(z | x, c), decoder p(x | z, batch) (or p(x | z, c, batch)) with a count
+    likelihood (or Normal for log-scale data) and a learned prior p(z | c). The conditions c are embedded once by a
     shared :class:`~genvi.nn.ConditionEncoder`; a key dropped by condition dropout is
     dropped for the encoder, decoder and prior alike, which is what makes generation from
     partial conditions consistent.
@@ -82,7 +82,7 @@ class PriorVAE(BaseModuleClass):
         gene_likelihood: GeneLikelihood = "nb",
         dispersion: Dispersion = "gene",
         use_size_factor_key: bool = False,
-        decode_conditions: bool = True,
+        decode_conditions: bool = False,
     ):
         super().__init__()
         if prior not in PRIORS:

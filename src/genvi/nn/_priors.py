@@ -128,6 +128,18 @@ class MixtureOfGaussiansPrior(nn.Module):
         assert comp.batch_shape == (n, self.n_components)
         return MixtureSameFamily(mix, comp)
 
+    def to_noise(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Remove the condition's shift of the component means.
+
+        This transports the shared location change exactly; a change of mixture weights
+        between conditions has no per-cell map and is not transported.
+        """
+        return z - self.shift_net(c)
+
+    def from_noise(self, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_noise`."""
+        return u + self.shift_net(c)
+
 
 PRIORS: dict[str, type[nn.Module]] = {
     "normal": StandardNormalPrior,

@@ -366,12 +366,23 @@ class GenerativeMixin:
         if not new_conditions:
             raise ValueError("new_conditions must name at least one condition key to change.")
         new = self._schema.parse(new_conditions)[0]
+        prior = self.module.prior
+        decodes_c = getattr(self.module, "decode_conditions", True)
+        if not decodes_c and (not transport or not hasattr(prior, "to_noise")):
+            raise ValueError(
+                "This model's decoder does not see the conditions, so a counterfactual must move "
+                "z through the prior (transport=True with a prior that supports it)."
+            )
+        if not decodes_c and self.module.prior_name == "normal":
+            raise ValueError(
+                "With prior='normal' and decode_conditions=False the model does not represent "
+                "conditions at all; use prior='gaussian' or decode_conditions=True."
+            )
         adata = self._validate_anndata(adata)
         self.module.eval()
         ncat, ncont, nkeep = self._schema.encode([new])
         keys = self._schema.keys
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        prior = self.module.prior
         xs = []
         with seeded(seed, self.module.device):
             for tensors in loader:
