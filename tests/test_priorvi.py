@@ -38,9 +38,7 @@ def test_generated_means_recover_true_condition_means(sim, model_gaussian):
         assert r >= 0.98, (cond, r)
 
 
-def test_conditional_prior_beats_normal_prior(
-    sim, sim_split, model_gaussian, model_normal
-):
+def test_conditional_prior_beats_normal_prior(sim, sim_split, model_gaussian, model_normal):
     space = ReferenceSpace.fit(sim_split[0], n_top_genes=150, n_comps=20)
     wins = []
     for i, cond in enumerate(_conditions(sim)):

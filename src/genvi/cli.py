@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--layer", help="Layer holding raw counts (default: X).")
     demo.add_argument("--out", type=Path, default=Path("genvi_demo"), help="Output folder.")
     demo.add_argument("--prior", default="gaussian", choices=["gaussian", "normal", "mog"])
-    demo.add_argument("--max-epochs", type=int, default=300)
+    demo.add_argument("--max-epochs", type=int, default=400)
     demo.add_argument("--test-fraction", type=float, default=0.2)
     demo.add_argument(
         "--min-cells", type=int, default=10, help="Held-out cells a condition needs to be scored."

@@ -24,10 +24,10 @@ class PriorVAE(BaseModuleClass):
     """Conditional-prior VAE for expression data.
 
     Encoder q(z | x, c), decoder p(x | z, batch) (or p(x | z, c, batch)) with a count
-    likelihood (or Normal for log-scale data) and a learned prior p(z | c). The conditions c are embedded once by a
-    shared :class:`~genvi.nn.ConditionEncoder`; a key dropped by condition dropout is
-    dropped for the encoder, decoder and prior alike, which is what makes generation from
-    partial conditions consistent.
+    likelihood (or Normal for log-scale data) and a learned prior p(z | c). The conditions
+    c are embedded once by a shared :class:`~genvi.nn.ConditionEncoder`; a key dropped by
+    condition dropout is dropped for the encoder, decoder and prior alike, which is what
+    makes generation from partial conditions consistent.
 
     Parameters
     ----------
