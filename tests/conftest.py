@@ -9,8 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scvi
+import torch
 
 import genvi
+
+# the test models are small: one thread is as fast and avoids oversubscribing 2-core CI machines
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
