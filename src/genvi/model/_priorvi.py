@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -62,7 +63,11 @@ class PriorVI(
         Encoder dropout.
     prior
         ``"gaussian"``: conditional Gaussian N(mu(c), sigma(c)) (default); ``"normal"``:
-        N(0, I) as in scVI; ``"mog"``: conditional mixture of Gaussians.
+        N(0, I) as in scVI; ``"mog"``: conditional mixture of Gaussians; ``"flow"``:
+        conditional normalizing flow (pyro-ppl couplings and splines over a conditional
+        Gaussian); ``"vamp"``: mixture of the encoder posteriors of learned pseudo-cells,
+        encoded under each condition, with condition-dependent weights. ``flow`` and
+        ``vamp`` represent sub-populations inside a condition; see :mod:`genvi.nn`.
     gene_likelihood
         ``"nb"``, ``"zinb"``, ``"poisson"`` (raw counts) or ``"normal"`` (log-scale data).
     dispersion
@@ -73,7 +78,8 @@ class PriorVI(
         Probability of dropping each condition key during training; enables generation from
         partial conditions. ``0`` disables it.
     prior_kwargs
-        Extra arguments for the prior, e.g. ``{"n_components": 10}`` for ``"mog"``.
+        Extra arguments for the prior: ``n_components`` (``"mog"``), ``n_flows``,
+        ``n_splines``, ``count_bins`` (``"flow"``), ``n_pseudo`` (``"vamp"``).
     decode_conditions
         Also give the conditions to the decoder, p(x | z, c). By default the decoder sees z
         (and the batch) only, so every condition effect must pass through the learned prior
@@ -103,7 +109,7 @@ class PriorVI(
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout_rate: float = 0.1,
-        prior: Literal["gaussian", "normal", "mog"] = "gaussian",
+        prior: Literal["gaussian", "normal", "mog", "flow", "vamp"] = "gaussian",
         gene_likelihood: Literal["nb", "zinb", "poisson", "normal"] = "nb",
         dispersion: Literal["gene", "gene-batch", "gene-cell"] = "gene",
         n_embed: int = 16,
@@ -144,6 +150,8 @@ class PriorVI(
                 UserWarning,
                 stacklevel=2,
             )
+        if hasattr(self.module.prior, "initialize_pseudo_inputs"):
+            self._initialize_pseudo_inputs()
         self._store_training_reference()
         self._model_summary_string = (
             f"PriorVI: prior={prior}, gene_likelihood={gene_likelihood}, n_latent={n_latent}, "
@@ -171,6 +179,16 @@ class PriorVI(
         if self._cont_registry_key not in self.adata_manager.data_registry:
             return None
         return np.asarray(self.adata_manager.get_from_registry(self._cont_registry_key), float)
+
+    def _initialize_pseudo_inputs(self, max_cells: int = 5000) -> None:
+        """Start VampPrior pseudo-inputs at real cells (overwritten by weights on load)."""
+        X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        rng = np.random.default_rng(0)
+        idx = np.sort(rng.choice(X.shape[0], size=min(max_cells, X.shape[0]), replace=False))
+        rows = X[idx]
+        rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
+        x = torch.as_tensor(rows, dtype=torch.float32)
+        self.module.prior.initialize_pseudo_inputs(self.module.encoder_input(x))
 
     def _store_training_reference(self) -> None:
         """Keep per-cell library sizes, condition codes and batches of the training data."""

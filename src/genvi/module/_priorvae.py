@@ -48,8 +48,9 @@ class PriorVAE(BaseModuleClass):
     condition_dropout
         Probability of dropping each condition key during training (replaced by its null token).
     prior
-        ``"gaussian"`` (conditional Gaussian), ``"normal"`` (N(0, I)) or ``"mog"``
-        (conditional mixture of Gaussians).
+        ``"gaussian"`` (conditional Gaussian), ``"normal"`` (N(0, I)), ``"mog"``
+        (conditional mixture of Gaussians), ``"flow"`` (conditional normalizing flow) or
+        ``"vamp"`` (condition-aware VampPrior).
     prior_kwargs
         Passed to the prior (e.g. ``n_components`` for ``"mog"``).
     gene_likelihood
@@ -111,7 +112,6 @@ class PriorVAE(BaseModuleClass):
             dropout=condition_dropout,
         )
         n_cond = self.condition_encoder.n_output
-        self.prior = PRIORS[prior](n_latent=n_latent, n_cond=n_cond, **(prior_kwargs or {}))
         self.z_encoder = Encoder(
             n_input + n_cond,
             n_latent,
@@ -120,6 +120,11 @@ class PriorVAE(BaseModuleClass):
             dropout_rate=dropout_rate,
             return_dist=True,
         )
+        self.prior = PRIORS[prior](
+            n_latent=n_latent, n_cond=n_cond, n_input=n_input, **(prior_kwargs or {})
+        )
+        if hasattr(self.prior, "attach_encoder"):  # VampPrior: mixture of encoder posteriors
+            self.prior.attach_encoder(self.encode)
         self.decode_conditions = decode_conditions
         self.decoder = DecoderSCVI(
             n_latent + (n_cond if decode_conditions else 0),
@@ -176,6 +181,15 @@ class PriorVAE(BaseModuleClass):
         return torch.log(x.sum(1, keepdim=True).clamp_min(1.0))
 
     # ------------------------------------------------------------------ model
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees of the expression: log1p counts, or the data for ``normal``."""
+        return x if self.gene_likelihood == "normal" else torch.log1p(x)
+
+    def encode(self, x_in: torch.Tensor, c: torch.Tensor) -> Distribution:
+        """q(z | x, c) from the encoder input and the condition embedding."""
+        qz, _ = self.z_encoder(torch.cat([x_in, c], dim=-1))
+        return qz
+
     @auto_move_data
     def inference(
         self,
@@ -189,10 +203,8 @@ class PriorVAE(BaseModuleClass):
         """Encode x (and c) into q(z | x, c)."""
         library = self.library_from_counts(x, size_factor)
         c = self.embed_conditions(cond_cat, cond_cont, keep, n=x.shape[0])
-        x_in = x if self.gene_likelihood == "normal" else torch.log1p(x)
-        qz, z = self.z_encoder(torch.cat([x_in, c], dim=-1))
-        if n_samples > 1:
-            z = qz.rsample((n_samples,))
+        qz = self.encode(self.encoder_input(x), c)
+        z = qz.rsample((n_samples,)) if n_samples > 1 else qz.rsample()
         return {"qz": qz, "z": z, "library": library, "c": c}
 
     @auto_move_data

@@ -44,6 +44,10 @@ class StandardNormalPrior(nn.Module):
         """Inverse of :meth:`to_noise`."""
         return u
 
+    def transport(self, z: torch.Tensor, c_from: torch.Tensor, c_to: torch.Tensor) -> torch.Tensor:
+        """Map z from condition ``c_from`` to ``c_to`` (identity: the prior ignores c)."""
+        return z
+
 
 class ConditionalGaussianPrior(nn.Module):
     """Diagonal Gaussian N(mu(c), diag sigma(c)^2) with a small network on the condition embedding.
@@ -83,6 +87,10 @@ class ConditionalGaussianPrior(nn.Module):
         """Inverse of :meth:`to_noise`."""
         loc, scale = self._params(c)
         return loc + scale * u
+
+    def transport(self, z: torch.Tensor, c_from: torch.Tensor, c_to: torch.Tensor) -> torch.Tensor:
+        """Optimal-transport map between the two Gaussians: keep the standardised offset."""
+        return self.from_noise(self.to_noise(z, c_from), c_to)
 
 
 class MixtureOfGaussiansPrior(nn.Module):
@@ -128,21 +136,10 @@ class MixtureOfGaussiansPrior(nn.Module):
         assert comp.batch_shape == (n, self.n_components)
         return MixtureSameFamily(mix, comp)
 
-    def to_noise(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Remove the condition's shift of the component means.
+    def transport(self, z: torch.Tensor, c_from: torch.Tensor, c_to: torch.Tensor) -> torch.Tensor:
+        """Move z by the change of the condition's shift of the component means.
 
         This transports the shared location change exactly; a change of mixture weights
         between conditions has no per-cell map and is not transported.
         """
-        return z - self.shift_net(c)
-
-    def from_noise(self, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_noise`."""
-        return u + self.shift_net(c)
-
-
-PRIORS: dict[str, type[nn.Module]] = {
-    "normal": StandardNormalPrior,
-    "gaussian": ConditionalGaussianPrior,
-    "mog": MixtureOfGaussiansPrior,
-}
+        return z - self.shift_net(c_from) + self.shift_net(c_to)

@@ -323,6 +323,48 @@ class GenerativeMixin:
         ]
         return np.concatenate(out)
 
+    def score_outliers(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 100,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Per-cell outlier scores: negative log-likelihood per count (per gene for ``normal``).
+
+        :meth:`get_log_likelihood` grows in magnitude with sequencing depth (a deep cell has
+        more counts to explain), so raw values flag deep cells. Dividing by the cell's total
+        count gives a depth-free score: the average surprise per observed molecule. Higher
+        means less plausible for the cell's condition under the model.
+
+        Read the scores relative to held-out cells the model should find typical (e.g. flag
+        cells above their 99th percentile); absolute values depend on the dataset and genes.
+
+        Parameters
+        ----------
+        adata
+            Cells to score (the training data by default); same genes as the model.
+        indices
+            Subset of cells.
+        n_samples
+            Importance samples per cell.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        Array of shape ``(n_cells,)``.
+        """
+        ll = self.get_log_likelihood(adata, indices, n_samples, batch_size)
+        if self.module.gene_likelihood == "normal":  # no counts: per gene instead
+            return -ll / len(self.var_names_)
+        adata = self._validate_anndata(adata)
+        X = self.get_anndata_manager(adata, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
+        totals = np.asarray(X.sum(1)).ravel()
+        if indices is not None:
+            totals = totals[np.asarray(indices)]
+        return -ll / np.maximum(totals, 1.0)
+
     @torch.inference_mode()
     def predict_counterfactual(
         self,
@@ -350,9 +392,11 @@ class GenerativeMixin:
         return_mean
             Return expected expression (the likelihood's mean) instead of sampled counts.
         transport
-            Keep the cell's position *relative to its prior*: z is mapped to the prior's
-            noise under the old condition and back under the new one (exact for Gaussian
-            priors). With ``False``, or priors without that map, z is kept as is.
+            Keep the cell's position *relative to its prior*: z is moved with the prior's
+            map between the two conditions (``prior.transport``: the optimal-transport map
+            for Gaussian priors, the same exogenous noise for flows, the same component for
+            mixtures). With ``False`` z is kept as is, which only changes anything when the
+            decoder also sees the conditions.
         seed
             Random seed for the count sampling.
         batch_size
@@ -368,7 +412,7 @@ class GenerativeMixin:
         new = self._schema.parse(new_conditions)[0]
         prior = self.module.prior
         decodes_c = getattr(self.module, "decode_conditions", True)
-        if not decodes_c and (not transport or not hasattr(prior, "to_noise")):
+        if not decodes_c and (not transport or not hasattr(prior, "transport")):
             raise ValueError(
                 "This model's decoder does not see the conditions, so a counterfactual must move "
                 "z through the prior (transport=True with a prior that supports it)."
@@ -400,8 +444,8 @@ class GenerativeMixin:
                     else:
                         cont[:, j - ncat.shape[1]] = float(ncont[0, j - ncat.shape[1]])
                 c_new = self.module.embed_conditions(cat, cont, None, n=z.shape[0])
-                if transport and hasattr(prior, "to_noise"):
-                    z = prior.from_noise(prior.to_noise(z, c_old), c_new)
+                if transport and hasattr(prior, "transport"):
+                    z = prior.transport(z, c_old, c_new)
                 batch_index = tensors[REGISTRY_KEYS.BATCH_KEY].to(z.device)
                 px = self._decode(z, c_new, inf["library"], batch_index)
                 xs.append((px.mean if return_mean else px.sample()).cpu().numpy())
