@@ -9,8 +9,9 @@ its real-vs-real noise floor), with scVI as the baseline of the normalised score
 
 Methods, all on the same split:
 
-1. ``PriorVI(prior="gaussian")``: conditional Gaussian prior p(z | c), condition in the decoder.
-2. ``PriorVI(prior="normal")``: z ~ N(0, I), condition in the decoder.
+1. ``PriorVI(prior="gaussian")`` with genvi's defaults: conditional Gaussian prior p(z | c)
+   (the decoder input follows genvi's ``decode_conditions`` default; recorded in the JSON).
+2. ``PriorVI(prior="normal", decode_conditions=True)``: z ~ N(0, I), condition in the decoder.
 3. ``scvi.model.SCVI`` with the condition as a categorical covariate of the decoder,
    z ~ N(0, I), library sizes drawn from training cells of the condition.
 4. Resampled real training cells of the condition (fidelity upper bound; fails privacy).
@@ -55,7 +56,8 @@ CONDITION = "cell_type_coarse"
 MIN_CELLS = 30
 BATCH_SIZE = 128
 QUICK_EPOCHS = 20
-# 200 epochs took > 40 min for the three models on a shared 2-core CPU; 100 fit in ~25 min.
+# On a shared 2-core CPU, 200 epochs with torch's default threads would have taken > 40 min
+# for the three models; 100 epochs with --threads 1 took 16 min (pbmc3k).
 DEFAULT_EPOCHS = 100
 
 METHODS = {
