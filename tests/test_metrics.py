@@ -6,16 +6,22 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import genvi
 from genvi.metrics import (
     ReferenceSpace,
     c2st_auroc,
     compare_conditions,
+    correlation_distance,
+    counterfactual_scores,
     energy_distance,
+    library_size_distance,
     mean_var_agreement,
     median_heuristic_bandwidths,
     mmd_rbf,
     noise_floor,
+    rank_degs,
     summarize,
+    zero_fraction_distance,
 )
 
 N_GENES = 500
@@ -334,3 +340,114 @@ def test_compare_conditions_several_keys_and_missing_conditions(space, held_out)
 def test_compare_conditions_unknown_key(space, held_out):
     with pytest.raises(KeyError, match="donor"):
         compare_conditions(held_out, held_out, "donor", space)
+
+
+def test_compare_conditions_new_distances_see_a_wrong_generator(space, held_out):
+    right = make_adata({"A": 100, "B": 100}, seed=4)
+    wrong = _relabel(right, {"A": "B", "B": "A"})
+    opts = {"n_corr_genes": 50, "classifier": "knn"}
+    df = compare_conditions(held_out, wrong, "cell_type", space, **opts)
+    ok = compare_conditions(held_out, right, "cell_type", space, **opts)
+    for metric in ("zero_frac_dist", "library_dist"):
+        for group in ("A", "B"):
+            assert df.loc[group, metric] > 1.5 * df.loc[group, f"{metric}_floor"], metric
+            assert ok.loc[group, metric] < df.loc[group, metric], metric
+    assert df.attrs["n_corr_genes"] == 50
+
+
+# --- correlation, zero-fraction and library-size distances --------------------------------
+
+
+def _correlated(n: int, rho: float, seed: int, dim: int = 20) -> np.ndarray:
+    cov = np.full((dim, dim), rho) + (1 - rho) * np.eye(dim)
+    return np.random.default_rng(seed).multivariate_normal(np.zeros(dim), cov, size=n)
+
+
+def test_structure_distances_are_zero_for_identical_samples():
+    x = _correlated(300, 0.5, seed=0)
+    assert correlation_distance(x, x.copy()) == pytest.approx(0.0, abs=1e-12)
+    counts = np.random.default_rng(0).poisson(0.7, size=(200, 30))
+    assert zero_fraction_distance(counts, counts.copy()) == 0.0
+    assert zero_fraction_distance(sp.csr_matrix(counts), counts) == 0.0
+    library = counts.sum(axis=1)
+    assert library_size_distance(library, library.copy()) == 0.0
+
+
+def test_structure_distances_known_values():
+    # independent vs perfectly correlated genes: every off-diagonal entry differs by 1
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(500, 1))
+    assert correlation_distance(np.hstack([base, base]), np.hstack([base, -base])) == (
+        pytest.approx(2.0)
+    )
+    # a gene that is never detected has no correlation (0), not NaN
+    constant = np.hstack([base, np.zeros((500, 1))])
+    assert correlation_distance(np.hstack([base, base]), constant) == pytest.approx(1.0)
+    # all zeros vs no zeros in every gene
+    assert zero_fraction_distance(np.zeros((5, 3)), np.ones((4, 3))) == 1.0
+    # library sizes scaled by e: log1p shifts by ~1 for large libraries
+    lib = rng.lognormal(8, 0.3, size=400)
+    assert library_size_distance(lib, lib * np.e) == pytest.approx(1.0, abs=0.01)
+
+
+def test_structure_floors_below_wrong_generator():
+    real = _correlated(400, 0.6, seed=0)
+    assert noise_floor(real, correlation_distance, n_repeats=3) < correlation_distance(
+        real, _correlated(400, 0.0, seed=1)
+    )
+    rng = np.random.default_rng(0)
+    real_counts = rng.poisson(1.0, size=(400, 50))
+    sparser = rng.poisson(0.3, size=(400, 50))
+    assert noise_floor(real_counts, zero_fraction_distance) < zero_fraction_distance(
+        real_counts, sparser
+    )
+    lib = rng.lognormal(8, 0.3, size=400)
+    assert noise_floor(lib, library_size_distance) < library_size_distance(lib, lib * 2)
+
+
+# --- counterfactuals -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def perturbation():
+    """Real control and stimulated cells of one cell type, plus fresh stimulated cells."""
+    sim = genvi.data.simulate(n_cells=800, n_genes=100, n_cell_types=2, seed=0)
+    cells = sim[sim.obs["cell_type"] == "type_0"]
+    control = cells[cells.obs["treatment"] == "control"].copy()
+    observed = cells[cells.obs["treatment"] == "treated"].copy()
+    fresh = genvi.data.sample_truth(
+        sim, {"cell_type": "type_0", "treatment": "treated"}, n_cells=300, seed=3
+    )
+    return control, observed, fresh
+
+
+def test_rank_degs_finds_the_true_effects(perturbation):
+    control, observed, _ = perturbation
+    degs = rank_degs(control, observed)
+    assert list(degs.index) == list(control.var_names)
+    assert sorted(degs["rank"]) == list(range(control.n_vars))
+    truth = genvi.data.simulate(n_cells=1, n_genes=100, n_cell_types=2, seed=0).uns
+    effects = np.abs(np.asarray(truth["simulation"]["treatment_effects"])[1, 0])
+    top = degs.sort_values("rank").index[:10]
+    # the top Wilcoxon genes carry the largest true treatment effects
+    assert effects[control.var_names.get_indexer(top)].mean() > 3 * effects.mean()
+
+
+def test_counterfactual_scores_known_answers(perturbation):
+    control, observed, fresh = perturbation
+    perfect = counterfactual_scores(control, observed, observed)
+    assert list(perfect.index) == ["top20", "top50", "top100", "all"]
+    assert list(perfect["n_genes"]) == [20, 50, 100, 100]
+    for col in ("mean_r2", "var_r2", "lfc_slope", "lfc_pearson", "sign_agreement"):
+        np.testing.assert_allclose(perfect[col], 1.0, err_msg=col)
+
+    identity = counterfactual_scores(control, control, observed)
+    np.testing.assert_allclose(identity["lfc_slope"], 0.0, atol=1e-12)
+    assert (identity["sign_agreement"] == 0).all()
+    # the response is concentrated in the top DEGs, where ignoring it costs most
+    assert identity.loc["top20", "mean_r2"] < identity.loc["all", "mean_r2"] < 1
+
+    new = counterfactual_scores(control, fresh, observed, top_k=(20,))
+    assert list(new.index) == ["top20", "all"]
+    assert (new["lfc_slope"] > 0.8).all() and (new["mean_r2"] > 0.9).all()
+    assert new.loc["top20", "sign_agreement"] >= 0.9

@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# Modest: 4 levels x every condition, and the demo must stay a few minutes on 2 CPU cores.
+CALIBRATION_SAMPLES = 200
+# Genes below 1 count per 10,000 (predicted mean) have intervals like [0, 0]: their coverage
+# is inflated by the discreteness of counts, not informative about calibration.
+CALIBRATION_MIN_MEAN = 1.0
+
 
 def _split(labels: pd.Series, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/test indices; conditions with one cell stay in training."""
@@ -37,8 +43,11 @@ def run_demo(
 ) -> dict:
     """Train PriorVI, generate held-out-sized cohorts per condition, evaluate and plot.
 
-    Writes ``synthetic.h5ad``, ``metrics.json`` and ``umap_real_vs_generated.png`` to ``out``
-    and prints a per-condition table.
+    Quality and privacy come from :func:`genvi.metrics.evaluate` (space fitted on the training
+    cells, which also enables the privacy check), calibration of the predictive intervals from
+    :func:`genvi.metrics.calibration` on the held-out cells. Writes ``synthetic.h5ad``,
+    ``metrics.json``, ``umap_real_vs_generated.png``, ``mean_var_scatter.png`` and
+    ``calibration_curve.png`` to ``out`` and prints a per-condition table.
 
     Returns
     -------
@@ -52,7 +61,7 @@ def run_demo(
     import scvi
 
     import genvi
-    from genvi.metrics import ReferenceSpace, compare_conditions, summarize
+    from genvi.metrics import ReferenceSpace, calibration, evaluate, summarize
     from genvi.model import PriorVI
 
     if not 0 < test_fraction < 1:
@@ -90,9 +99,22 @@ def run_demo(
     n_cells = [int((test_labels == "|".join(c[k] for k in keys)).sum()) for c in conds]
     synthetic = model.generate(conds, n_cells=n_cells, seed=seed)
 
+    # Fitted here on the training cells (as evaluate would) so that the UMAP shares the space.
     space = ReferenceSpace.fit(train, n_top_genes=2000, n_comps=50, seed=seed)
-    table = compare_conditions(test, synthetic, keys, space, min_cells=min_cells, seed=seed)
+    table = evaluate(
+        test, synthetic, keys, train=train, space=space, min_cells=min_cells, seed=seed
+    )
     summary = summarize(table)
+    reliability = calibration(
+        model,
+        test,
+        keys,
+        n_samples=CALIBRATION_SAMPLES,
+        min_mean=CALIBRATION_MIN_MEAN,
+        min_cells=min_cells,
+        seed=seed,
+    )
+    coverage = reliability[reliability["skipped"].isna()].groupby("level")["coverage"].mean()
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +122,13 @@ def run_demo(
     png = out / "umap_real_vs_generated.png"
     fig = genvi.pl.real_vs_generated(test, synthetic, keys, space=space, seed=seed, save=png)
     plt.close(fig)
+    mean_var_png = out / "mean_var_scatter.png"
+    plt.close(genvi.pl.mean_var_scatter(test, synthetic, save=mean_var_png))
+    calibration_png = out / "calibration_curve.png"
+    if coverage.empty:  # every condition skipped: nothing to draw
+        calibration_png = None
+    else:
+        plt.close(genvi.pl.calibration_curve(reliability, save=calibration_png).figure)
     metrics = {
         "genvi_version": genvi.__version__,
         "data": source,
@@ -112,10 +141,24 @@ def run_demo(
         "summary": {k: _jsonable(v) for k, v in summary.items()},
         "per_condition": json.loads(table.drop(columns=["mmd_bandwidths"]).to_json(orient="index")),
         "mmd_bandwidths": "per condition: median heuristic on real cells x (0.5, 1, 2)",
+        "reference_space": "fitted on the training cells (2,000 HVGs, 50 PCs)",
+        "privacy": {
+            **table.attrs["privacy_overall"],
+            "definition": "DCR in the reference PCA space; memorised if close_fraction > "
+            "close_limit (see genvi.metrics.privacy)",
+        },
+        "calibration": {
+            "n_samples": CALIBRATION_SAMPLES,
+            "min_mean": CALIBRATION_MIN_MEAN,
+            "mean_coverage_by_level": {str(k): float(v) for k, v in coverage.items()},
+            "per_condition": json.loads(reliability.to_json(orient="records")),
+        },
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _print_table(table, summary)
-    files = [str(out / "synthetic.h5ad"), str(out / "metrics.json"), str(png)]
+    _print_table(table, summary, coverage)
+    files = [str(out / "synthetic.h5ad"), str(out / "metrics.json"), str(png), str(mean_var_png)]
+    if calibration_png is not None:
+        files.append(str(calibration_png))
     return {"out": str(out), "files": files, "summary": metrics["summary"]}
 
 
@@ -125,10 +168,21 @@ def _jsonable(v):
     return v
 
 
-def _print_table(table: pd.DataFrame, summary: pd.Series) -> None:
-    cols = ["n_real", "energy", "energy_floor", "c2st_auroc", "mean_r2", "var_r2", "skipped"]
+def _print_table(table: pd.DataFrame, summary: pd.Series, coverage: pd.Series) -> None:
+    cols = [
+        "n_real",
+        "energy",
+        "energy_floor",
+        "c2st_auroc",
+        "mean_r2",
+        "var_r2",
+        "corr_dist",
+        "dcr_ratio",
+        "memorised",
+        "skipped",
+    ]
     shown = table[[c for c in cols if c in table.columns]].copy()
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
+    with pd.option_context("display.width", 140, "display.max_columns", 20):
         print("\nPer-condition quality (generated vs held-out real cells; floor = real vs real)")
         print(shown.round(3).to_string())
         print(
@@ -137,3 +191,11 @@ def _print_table(table: pd.DataFrame, summary: pd.Series) -> None:
             f"C2ST AUROC {summary.get('c2st_auroc', np.nan):.3f}, "
             f"mean R2 {summary.get('mean_r2', np.nan):.3f}"
         )
+        print(
+            f"privacy (all cells): DCR ratio {summary.get('dcr_ratio', np.nan):.3f} "
+            f"(>= 1: no memorisation), close fraction {summary.get('close_fraction', np.nan):.3f} "
+            f"(expected {summary.get('close_expected', np.nan):.2f}), memorised: "
+            f"{bool(summary.get('memorised', 0.0))}"
+        )
+        pairs = ", ".join(f"{level:.0%} -> {cov:.0%}" for level, cov in coverage.items())
+        print(f"interval coverage (nominal -> observed, mean over conditions): {pairs or 'n/a'}")

@@ -3,25 +3,45 @@
 Protocol: generated and real held-out cells are compared in a PCA space fitted on the real
 *training* cells (highly variable genes, ``normalize_total`` + ``log1p``, centred with the
 training mean) with the energy distance, RBF-MMD² (median-heuristic bandwidths, reported), a
-classifier two-sample AUROC, and per-gene mean / variance agreement in log space. Each metric
-comes with a noise floor: the same metric between two disjoint halves of the real cells.
+classifier two-sample AUROC, per-gene mean / variance agreement in log space, gene-gene
+correlation, zero-fraction and library-size distances. Each metric comes with a noise floor:
+the same metric between two disjoint halves of the real cells. :func:`evaluate` runs it all,
+with privacy (:func:`privacy`) when the training cells are given; :func:`calibration` checks
+predictive intervals and :func:`counterfactual_scores` perturbation predictions.
 """
 
+from ._calibration import calibration, interval_coverage
 from ._compare import compare_conditions, summarize
+from ._counterfactual import counterfactual_lfc, counterfactual_scores, rank_degs
 from ._distances import c2st_auroc, energy_distance, median_heuristic_bandwidths, mmd_rbf
+from ._evaluate import evaluate
 from ._expression import mean_var_agreement
 from ._floor import noise_floor, split_halves
+from ._privacy import close_limit, distance_to_closest_record, privacy
 from ._space import ReferenceSpace
+from ._structure import correlation_distance, library_size_distance, zero_fraction_distance
 
 __all__ = [
     "ReferenceSpace",
     "c2st_auroc",
+    "calibration",
+    "close_limit",
     "compare_conditions",
+    "correlation_distance",
+    "counterfactual_lfc",
+    "counterfactual_scores",
+    "distance_to_closest_record",
     "energy_distance",
+    "evaluate",
+    "interval_coverage",
+    "library_size_distance",
     "mean_var_agreement",
     "median_heuristic_bandwidths",
     "mmd_rbf",
     "noise_floor",
+    "privacy",
+    "rank_degs",
     "split_halves",
     "summarize",
+    "zero_fraction_distance",
 ]

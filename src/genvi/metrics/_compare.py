@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import anndata as ad
 import numpy as np
@@ -13,6 +13,7 @@ from ._distances import c2st_auroc, energy_distance, median_heuristic_bandwidths
 from ._expression import mean_var_agreement
 from ._floor import split_halves
 from ._space import ReferenceSpace
+from ._structure import correlation_distance, library_size_distance, zero_fraction_distance
 
 LABEL_SEP = "|"
 _PAIR_METRICS = (
@@ -23,10 +24,15 @@ _PAIR_METRICS = (
     "var_r2",
     "mean_pearson",
     "var_pearson",
+    "corr_dist",
+    "zero_frac_dist",
+    "library_dist",
 )
+# Agreement metrics: larger is better; every other metric is a distance (smaller is better).
+HIGHER_IS_BETTER = frozenset({"mean_r2", "var_r2", "mean_pearson", "var_pearson"})
 # Spec names: the C2ST floor is "c2st_floor", every other floor is "<metric>_floor".
 _FLOOR_NAMES = {m: ("c2st_floor" if m == "c2st_auroc" else f"{m}_floor") for m in _PAIR_METRICS}
-_SCORED = ("energy", "mmd")
+_SCORED = _PAIR_METRICS
 
 MODEL_COLUMNS = list(_PAIR_METRICS)
 FLOOR_COLUMNS = [_FLOOR_NAMES[m] for m in _PAIR_METRICS]
@@ -49,32 +55,46 @@ def _check_keys(adata: ad.AnnData, keys: list[str], name: str) -> None:
         raise KeyError(f"Condition key(s) {missing} not found in `{name}.obs`.")
 
 
+class _Cells(NamedTuple):
+    """One set of cells as the metrics see it."""
+
+    pcs: np.ndarray  # reference PCA coordinates
+    log: np.ndarray  # log-normalised expression of the space's genes
+    library: np.ndarray  # library sizes as used by the normalisation
+
+    def take(self, idx: np.ndarray) -> _Cells:
+        return _Cells(self.pcs[idx], self.log[idx], self.library[idx])
+
+
 def _pair_metrics(
-    real_pcs: np.ndarray,
-    real_log: np.ndarray,
-    other_pcs: np.ndarray,
-    other_log: np.ndarray,
+    real: _Cells,
+    other: _Cells,
     bandwidths: list[float],
     *,
+    corr_genes: np.ndarray,
     max_cells: int,
     seed: int,
     classifier: str,
 ) -> dict[str, float]:
-    mmd, _ = mmd_rbf(real_pcs, other_pcs, bandwidths=bandwidths, max_cells=max_cells, seed=seed)
+    mmd, _ = mmd_rbf(real.pcs, other.pcs, bandwidths=bandwidths, max_cells=max_cells, seed=seed)
     return {
-        "energy": energy_distance(real_pcs, other_pcs, max_cells=max_cells, seed=seed),
+        "energy": energy_distance(real.pcs, other.pcs, max_cells=max_cells, seed=seed),
         "mmd": mmd,
         "c2st_auroc": c2st_auroc(
-            real_pcs, other_pcs, seed=seed, classifier=classifier, max_cells=max_cells
+            real.pcs, other.pcs, seed=seed, classifier=classifier, max_cells=max_cells
         ),
-        **mean_var_agreement(real_log, other_log),
+        **mean_var_agreement(real.log, other.log),
+        "corr_dist": correlation_distance(real.log[:, corr_genes], other.log[:, corr_genes]),
+        "zero_frac_dist": zero_fraction_distance(real.log, other.log),
+        "library_dist": library_size_distance(real.library, other.library),
     }
 
 
-def _normalised_score(model: float, floor: float, baseline: float) -> float:
+def _normalised_score(model: float, floor: float, baseline: float, higher_is_better: bool) -> float:
     denom = baseline - floor
-    # A baseline not above the noise floor gives no scale to normalise by.
-    return float((model - floor) / denom) if denom > 0 else float("nan")
+    # A baseline not worse than the noise floor gives no scale to normalise by.
+    worse = denom < 0 if higher_is_better else denom > 0
+    return float((model - floor) / denom) if worse else float("nan")
 
 
 def compare_conditions(
@@ -92,14 +112,17 @@ def compare_conditions(
     mmd_bandwidths: Sequence[float] | None = None,
     layer: str | None = None,
     synthetic_layer: str | None = None,
+    n_corr_genes: int = 200,
 ) -> pd.DataFrame:
     """Compare generated with real held-out cells, condition by condition.
 
     For every combination of ``condition_keys`` present in ``real``, the real and synthetic
     cells of that condition are compared in the reference PCA space (energy distance, RBF-MMD²,
-    classifier two-sample AUROC) and in log-normalised expression (per-gene mean / variance R²
-    and Pearson r). Each metric also gets a noise floor: the same metric between two random
-    disjoint halves of the real cells of the condition.
+    classifier two-sample AUROC), in log-normalised expression of the space's genes (per-gene
+    mean / variance R² and Pearson r, zero fractions, gene-gene correlations of the
+    ``n_corr_genes`` most expressed genes) and by their library sizes. Each metric also gets a
+    noise floor: the same metric between two random disjoint halves of the real cells of the
+    condition. :func:`~genvi.metrics.evaluate` wraps this with space fitting and privacy.
 
     Parameters
     ----------
@@ -135,6 +158,9 @@ def compare_conditions(
         Layer of ``real`` holding counts; ``None`` uses ``X``.
     synthetic_layer
         Layer of ``synthetic`` and ``baseline`` holding counts; ``None`` uses ``X``.
+    n_corr_genes
+        Genes of the correlation distance: the space's genes with the highest mean training
+        expression (:meth:`~genvi.metrics.ReferenceSpace.top_expressed`).
 
     Returns
     -------
@@ -147,10 +173,17 @@ def compare_conditions(
         - ``energy``, ``energy_floor``, ``mmd``, ``mmd_floor``, ``c2st_auroc``, ``c2st_floor``,
           ``mean_r2``, ``mean_r2_floor``, ``var_r2``, ``var_r2_floor``, ``mean_pearson``,
           ``mean_pearson_floor``, ``var_pearson``, ``var_pearson_floor``;
+        - ``corr_dist``, ``corr_dist_floor``: RMS difference of the gene-gene Pearson
+          correlation matrices (:func:`~genvi.metrics.correlation_distance`);
+        - ``zero_frac_dist``, ``zero_frac_dist_floor``: mean absolute difference of per-gene
+          zero fractions over the space's genes (:func:`~genvi.metrics.zero_fraction_distance`);
+        - ``library_dist``, ``library_dist_floor``: Wasserstein distance of ``log1p`` library
+          sizes, as the space normalises by them (:func:`~genvi.metrics.library_size_distance`);
         - with ``baseline``: ``n_baseline``, ``baseline_<metric>`` for each metric above, and
-          ``energy_score``, ``mmd_score`` = ``(model - floor) / (baseline - floor)`` (0 = at
-          the noise floor, 1 = as far as the baseline; NaN if the baseline is not above the
-          floor or has fewer than 2 cells in the condition);
+          ``<metric>_score`` = ``(model - floor) / (baseline - floor)`` for each metric (0 = at
+          the noise floor, 1 = as far as the baseline, for distances and agreements alike;
+          NaN if the baseline is not worse than the floor or has fewer than 2 cells in the
+          condition);
         - ``mmd_bandwidths``: tuple of the bandwidths used;
         - ``skipped``: ``None``, or why the condition was not scored (its metrics are NaN).
 
@@ -174,13 +207,17 @@ def compare_conditions(
     # sort_values follows category order for categoricals, value order otherwise.
     combos = real.obs[keys].dropna().drop_duplicates().sort_values(keys)
 
-    def embed(
-        adata: ad.AnnData, mask: np.ndarray, lay: str | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        log_expr = space.log_normalize(adata[mask], layer=lay)
-        return space.project(log_expr), log_expr
+    def embed(adata: ad.AnnData, mask: np.ndarray, lay: str | None) -> _Cells:
+        subset = adata[mask]
+        log_expr = space.log_normalize(subset, layer=lay)
+        return _Cells(space.project(log_expr), log_expr, space.library_sizes(subset, layer=lay))
 
-    opts = {"max_cells": max_cells, "seed": seed, "classifier": classifier}
+    opts = {
+        "max_cells": max_cells,
+        "seed": seed,
+        "classifier": classifier,
+        "corr_genes": space.top_expressed(n_corr_genes),
+    }
     rows, labels, bandwidths_by_label = [], [], {}
     for combo in combos.itertuples(index=False, name=None):
         label = LABEL_SEP.join(map(str, combo))
@@ -202,36 +239,35 @@ def compare_conditions(
             row["skipped"] = f"{row['n_synthetic']} synthetic cells (need at least 2)"
             continue
 
-        real_pcs, real_log = embed(real, real_mask, layer)
-        syn_pcs, syn_log = embed(synthetic, syn_mask, synthetic_layer)
+        real_cells = embed(real, real_mask, layer)
+        syn_cells = embed(synthetic, syn_mask, synthetic_layer)
         if mmd_bandwidths is None:
-            bandwidths = median_heuristic_bandwidths(real_pcs, max_cells=max_cells, seed=seed)
+            bandwidths = median_heuristic_bandwidths(real_cells.pcs, max_cells=max_cells, seed=seed)
         else:
             bandwidths = [float(b) for b in mmd_bandwidths]
         row["mmd_bandwidths"] = tuple(bandwidths)
         bandwidths_by_label[label] = list(bandwidths)
 
-        row.update(_pair_metrics(real_pcs, real_log, syn_pcs, syn_log, bandwidths, **opts))
+        row.update(_pair_metrics(real_cells, syn_cells, bandwidths, **opts))
 
         rng = np.random.default_rng(seed)
         floors = []
         for _ in range(n_floor_repeats):
             a, b = split_halves(row["n_real"], rng)
-            floors.append(
-                _pair_metrics(
-                    real_pcs[a], real_log[a], real_pcs[b], real_log[b], bandwidths, **opts
-                )
-            )
+            floors.append(_pair_metrics(real_cells.take(a), real_cells.take(b), bandwidths, **opts))
         for metric in _PAIR_METRICS:
             row[_FLOOR_NAMES[metric]] = float(np.mean([f[metric] for f in floors]))
 
         if base_labels is not None and row["n_baseline"] >= 2:
-            base_pcs, base_log = embed(baseline, base_mask, synthetic_layer)
-            base = _pair_metrics(real_pcs, real_log, base_pcs, base_log, bandwidths, **opts)
+            base_cells = embed(baseline, base_mask, synthetic_layer)
+            base = _pair_metrics(real_cells, base_cells, bandwidths, **opts)
             row.update({f"baseline_{m}": v for m, v in base.items()})
             for metric in _SCORED:
                 row[f"{metric}_score"] = _normalised_score(
-                    row[metric], row[_FLOOR_NAMES[metric]], row[f"baseline_{metric}"]
+                    row[metric],
+                    row[_FLOOR_NAMES[metric]],
+                    row[f"baseline_{metric}"],
+                    metric in HIGHER_IS_BETTER,
                 )
 
     counts = ["n_real", "n_synthetic"] + ([] if baseline is None else ["n_baseline"])
@@ -255,6 +291,7 @@ def compare_conditions(
             "n_genes": space.n_genes,
             "hvg_flavor": space.hvg_flavor,
             "totals_over": space.totals_over,
+            "n_corr_genes": int(min(n_corr_genes, space.n_genes)),
         }
     )
     return df
@@ -266,16 +303,23 @@ def summarize(df: pd.DataFrame) -> pd.Series:
     Parameters
     ----------
     df
-        Output of :func:`compare_conditions`.
+        Output of :func:`compare_conditions` or :func:`~genvi.metrics.evaluate`.
 
     Returns
     -------
     pandas.Series
         ``n_conditions`` (scored), ``n_skipped``, then the mean of every metric column present
-        (NaNs, e.g. a missing baseline for one condition, are ignored).
+        (NaNs, e.g. a missing baseline for one condition, are ignored). For a table of
+        :func:`~genvi.metrics.evaluate` with privacy, the privacy entries (``dcr_ratio``,
+        ``close_fraction``, ``memorised`` as 0 / 1, ...) are the *pooled* values of
+        ``df.attrs["privacy_overall"]``, not means over conditions.
     """
     scored = df[df["skipped"].isna()] if "skipped" in df.columns else df
     present = [c for c in METRIC_COLUMNS if c in df.columns]
     summary = {"n_conditions": float(len(scored)), "n_skipped": float(len(df) - len(scored))}
     summary.update(scored[present].astype(np.float64).mean(axis=0).to_dict())
+    overall = df.attrs.get("privacy_overall") or {}
+    for key, value in overall.items():
+        if key != "skipped":
+            summary[key] = float("nan") if value is None else float(value)
     return pd.Series(summary, name="mean")

@@ -244,6 +244,47 @@ class ReferenceSpace:
             totals_over=totals_over,
         )
 
+    def _reference_counts(
+        self, adata: ad.AnnData, layer: str | None
+    ) -> tuple[np.ndarray | sp.spmatrix | sp.sparray, np.ndarray]:
+        """Counts of the space's genes (in its order) and each cell's library size."""
+        _check_unique_genes(adata)
+        idx = adata.var_names.get_indexer(self.genes)
+        if (idx < 0).any():
+            missing = self.genes[idx < 0]
+            shown = ", ".join(map(str, missing[:10]))
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise ValueError(
+                f"{len(missing)} of the {self.n_genes} reference genes are missing from adata: "
+                f"{shown}{more}."
+            )
+        counts = _get_counts(adata, layer)
+        ref_counts = counts[:, idx]
+        totals = np.asarray(
+            (counts if self.totals_over == "all" else ref_counts).sum(axis=1), dtype=np.float64
+        ).ravel()
+        return ref_counts, totals
+
+    def library_sizes(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+        """Each cell's library size as :meth:`log_normalize` divides by it.
+
+        The total count over all genes of ``adata``, or over the space's genes if
+        ``totals_over="reference"``.
+
+        Parameters
+        ----------
+        adata
+            Cells with raw counts in ``X`` or ``layer``; must contain every gene of the space.
+        layer
+            Layer holding the counts; ``None`` uses ``X``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Array of shape ``(n_cells,)``.
+        """
+        return self._reference_counts(adata, layer)[1]
+
     def log_normalize(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
         """Log-normalised expression of the space's genes.
 
@@ -266,22 +307,28 @@ class ReferenceSpace:
         numpy.ndarray
             Dense array of shape ``(n_cells, n_genes)``, columns in the order of ``genes``.
         """
-        _check_unique_genes(adata)
-        idx = adata.var_names.get_indexer(self.genes)
-        if (idx < 0).any():
-            missing = self.genes[idx < 0]
-            shown = ", ".join(map(str, missing[:10]))
-            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise ValueError(
-                f"{len(missing)} of the {self.n_genes} reference genes are missing from adata: "
-                f"{shown}{more}."
-            )
-        counts = _get_counts(adata, layer)
-        ref_counts = counts[:, idx]
-        totals = np.asarray(
-            (counts if self.totals_over == "all" else ref_counts).sum(axis=1), dtype=np.float64
-        ).ravel()
+        ref_counts, totals = self._reference_counts(adata, layer)
         return _normalize_log1p(ref_counts, totals, self.target_sum)
+
+    def top_expressed(self, n: int = 200) -> np.ndarray:
+        """Column indices of the ``n`` genes with the highest mean training expression.
+
+        The ranking uses the stored training mean of log-normalised expression, so it does not
+        depend on the cells being evaluated (ties keep the space's gene order).
+
+        Parameters
+        ----------
+        n
+            Number of genes; all genes if the space has fewer.
+
+        Returns
+        -------
+        numpy.ndarray
+            Integer indices into :attr:`genes`, most expressed first.
+        """
+        if n < 1:
+            raise ValueError(f"`n` must be at least 1, got {n}.")
+        return np.argsort(-self.mean_, kind="stable")[:n]
 
     def project(self, log_expr: np.ndarray) -> np.ndarray:
         """Project log-normalised expression (from :meth:`log_normalize`) onto the PCs.
