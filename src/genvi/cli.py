@@ -17,8 +17,8 @@ def _parser() -> argparse.ArgumentParser:
         help="Train PriorVI, generate cells for every condition, evaluate and plot.",
         description=(
             "Train PriorVI on the embedded PBMC data (or --adata), generate as many cells as "
-            "held out for every condition, and write synthetic.h5ad, metrics.json and a UMAP "
-            "of real vs generated cells to --out."
+            "held out for every condition, and write synthetic.h5ad, metrics.json and plots "
+            "(UMAP of real vs generated cells, mean/variance scatter, calibration curve) to --out."
         ),
     )
     demo.add_argument("--adata", type=Path, help="An .h5ad with raw counts (default: embedded).")
