@@ -297,7 +297,7 @@ class GenerativeMixin:
 
         Low values flag cells the model finds implausible for their condition (outliers,
         unseen populations). Values scale with sequencing depth: compare cells of similar
-        library size, or normalise (e.g. divide by the total count).
+        library size, or use the depth-free :meth:`score_outliers`.
 
         Parameters
         ----------
