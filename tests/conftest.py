@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ import genvi
 
 # the test models are small: one thread is as fast and avoids oversubscribing 2-core CI machines
 torch.set_num_threads(1)
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # fewer epochs leave the predictive distribution measurably too wide (over-coverage)
 N_EPOCHS = 300
