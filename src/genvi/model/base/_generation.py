@@ -334,8 +334,10 @@ class GenerativeMixin:
 
         :meth:`get_log_likelihood` grows in magnitude with sequencing depth (a deep cell has
         more counts to explain), so raw values flag deep cells. Dividing by the cell's total
-        count gives a depth-free score: the average surprise per observed molecule. Higher
-        means less plausible for the cell's condition under the model.
+        count gives the average surprise per observed molecule; higher means less plausible
+        for the cell's condition under the model. This removes the linear growth with depth,
+        not all depth dependence: on real data the per-count score tends to fall with depth,
+        so compare cells of similar library size.
 
         Read the scores relative to held-out cells the model should find typical (e.g. flag
         cells above their 99th percentile); absolute values depend on the dataset and genes.

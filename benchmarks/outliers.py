@@ -1,0 +1,254 @@
+"""Outlier detection on PBMC3k (BENCHMARKS.md, "Uncertainty and likelihood").
+
+Split the cells 80/20 stratified by ``cell_type_coarse``. For every cell type with at least 30
+cells in turn, train an *unconditional* PriorVI (``setup_anndata`` without condition keys, so
+that cells of any type can be scored) on the training split without that cell type, then score
+all held-out cells:
+
+- ``score_outliers``: -log p(x) per count (depth-free; higher = more outlying);
+- ``-get_log_likelihood``: the raw negative log-likelihood (grows with sequencing depth),
+  recovered from the same estimate as ``score_outliers`` (its value times the total counts);
+- library size alone (total counts), a depth-only reference for the raw likelihood.
+
+Reported: AUROC of "held-out cells of the left-out type" (positives) vs "held-out cells of the
+other types" (negatives), per left-out type and the mean. Run from the repository root::
+
+    python benchmarks/outliers.py --threads 1                  # writes results/
+    python benchmarks/outliers.py --priors gaussian,mog --max-epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    default_data_dir,
+    load_dataset,
+    machine_info,
+    markdown_table,
+    quiet,
+    stratified_split,
+    timed,
+    write_json,
+)
+
+DATASET = "pbmc3k_labeled.h5ad"
+CELL_TYPE = "cell_type_coarse"
+MIN_CELLS = 30
+BATCH_SIZE = 128
+DEFAULT_EPOCHS = 50
+SCORES = {
+    "score_outliers": "score_outliers (-log p per count)",
+    "neg_log_likelihood": "-get_log_likelihood",
+    "library_size": "library size only",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help=f"folder holding {DATASET} (default: $GENVI_DATA_DIR or ../shared/data)",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        help=f"training epochs per model (default {DEFAULT_EPOCHS})",
+    )
+    parser.add_argument(
+        "--priors",
+        default="gaussian",
+        help="comma list of PriorVI priors, one model per left-out type each (default gaussian)",
+    )
+    parser.add_argument(
+        "--n-samples",
+        type=int,
+        default=50,
+        help="importance samples per cell of the log-likelihood estimate (default 50)",
+    )
+    parser.add_argument(
+        "--cell-types",
+        default=None,
+        help="comma list of cell types to leave out (default: all with >= 30 cells)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of split, models and scores")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR / "outliers_pbmc3k.json",
+        help="JSON output (default: benchmarks/results/outliers_pbmc3k.json)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 can be faster on a busy machine",
+    )
+    args = parser.parse_args(argv)
+    args.priors = [p.strip() for p in args.priors.split(",") if p.strip()]
+    return args
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """AUROC of ``scores`` for ``positive`` (higher score = more likely positive)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(positive.astype(int), scores))
+
+
+def run_one(
+    train: Any, test: Any, left_out: str, prior: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Train without ``left_out`` and score the held-out cells; AUROCs and timings."""
+    import scvi
+    import torch
+
+    from genvi.model import PriorVI
+
+    sub = train[train.obs[CELL_TYPE].astype(str) != left_out].copy()
+    scvi.settings.seed = args.seed
+    PriorVI.setup_anndata(sub)
+    model = PriorVI(sub, prior=prior)
+    _, train_s = timed(
+        lambda: model.train(
+            max_epochs=args.max_epochs, batch_size=BATCH_SIZE, enable_progress_bar=False
+        )
+    )
+    query = test.copy()
+    torch.manual_seed(args.seed)
+    score, score_s = timed(lambda: model.score_outliers(query, n_samples=args.n_samples))
+    positive = test.obs[CELL_TYPE].astype(str).to_numpy() == left_out
+    library = np.asarray(test.X.sum(1)).ravel()
+    # score_outliers is -get_log_likelihood / max(total counts, 1): undo the division rather
+    # than run the importance sampler a second time (same Monte Carlo samples for both scores).
+    ll = -score * np.maximum(library, 1.0)
+    values = {"score_outliers": score, "neg_log_likelihood": -ll, "library_size": library}
+    return {
+        "left_out": left_out,
+        "prior": prior,
+        "n_train": sub.n_obs,
+        "n_positive": int(positive.sum()),
+        "n_negative": int((~positive).sum()),
+        "auroc": {k: auroc(v, positive) for k, v in values.items()},
+        "median_score_outliers": {
+            "left_out": float(np.median(score[positive])),
+            "others": float(np.median(score[~positive])),
+        },
+        "train_seconds": train_s,
+        "seconds_per_epoch": train_s / args.max_epochs,
+        "score_seconds": score_s,
+        "load_average_1min_after": os.getloadavg()[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table and write the JSON."""
+    args = parse_args(argv)
+    adata = load_dataset(args.data_dir, DATASET)
+
+    import scvi
+
+    quiet()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    scvi.settings.seed = args.seed
+    labels = adata.obs[CELL_TYPE].astype(str)
+    train_idx, test_idx = stratified_split(labels, test_size=0.2, seed=args.seed)
+    train, test = adata[train_idx].copy(), adata[test_idx].copy()
+    counts = labels.value_counts()
+    left_out_types = sorted(c for c, n in counts.items() if n >= MIN_CELLS)
+    if args.cell_types:
+        wanted = [c.strip() for c in args.cell_types.split(",")]
+        left_out_types = [c for c in left_out_types if c in wanted]
+    print(
+        f"{DATASET}: {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, "
+        f"test {test.n_obs}; left-out types (>= {MIN_CELLS} cells): {left_out_types}",
+        flush=True,
+    )
+
+    results: list[dict[str, Any]] = []
+    for prior in args.priors:
+        for cell_type in left_out_types:
+            print(f"{prior}: leaving out {cell_type!r}...", flush=True)
+            res = run_one(train, test, cell_type, prior, args)
+            print(
+                "  AUROC "
+                + ", ".join(f"{k} {v:.3f}" for k, v in res["auroc"].items())
+                + f" ({res['seconds_per_epoch']:.2f} s / epoch)",
+                flush=True,
+            )
+            results.append(res)
+
+    header = ["prior", "left-out type", "held-out cells (type / others)"] + list(SCORES.values())
+    rows = [
+        [r["prior"], r["left_out"], f"{r['n_positive']} / {r['n_negative']}"]
+        + [r["auroc"][k] for k in SCORES]
+        for r in results
+    ]
+    means: dict[str, dict[str, float]] = {}
+    for prior in args.priors:
+        sel = [r for r in results if r["prior"] == prior]
+        means[prior] = {k: float(np.mean([r["auroc"][k] for r in sel])) for k in SCORES}
+        rows.append([prior, "**mean**", ""] + [means[prior][k] for k in SCORES])
+    machine = machine_info()
+    print()
+    print(
+        f"## Outlier detection: {DATASET}, leave one {CELL_TYPE} out, unconditional PriorVI, "
+        f"{args.max_epochs} epochs, {args.n_samples} importance samples, seed {args.seed} "
+        "(AUROC of left-out type vs other held-out cells; 0.5 = chance)"
+    )
+    print()
+    print(markdown_table(header, rows))
+    print()
+    print(
+        f"Machine: {machine['cpu_usable']} usable CPU cores (of {machine['cpu_count']}), "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads), "
+        f"scvi-tools {machine['scvi_tools']}, genvi {machine['genvi']}, "
+        f"device: {machine['device']}, load average {machine['load_average_1_5_15min']}"
+    )
+    payload = {
+        "benchmark": "outliers",
+        "dataset": DATASET,
+        "cell_type_key": CELL_TYPE,
+        "settings": {
+            "max_epochs": args.max_epochs,
+            "priors": args.priors,
+            "n_samples": args.n_samples,
+            "seed": args.seed,
+            "torch_threads": args.threads,
+            "batch_size": BATCH_SIZE,
+            "test_size": 0.2,
+            "min_cells": MIN_CELLS,
+            "conditioning": "none (PriorVI.setup_anndata without condition keys)",
+            "n_train": train.n_obs,
+            "n_test": test.n_obs,
+            "cell_type_counts": {str(k): int(v) for k, v in counts.items()},
+        },
+        "scores": SCORES,
+        "mean_auroc": means,
+        "per_left_out_type": pd.DataFrame(results).to_dict(orient="records"),
+        "machine": machine,
+    }
+    path = write_json(payload, args.out)
+    print(f"\nwrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
