@@ -6,6 +6,7 @@ this module sits next to them and is imported as ``_common``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -30,6 +31,29 @@ def default_data_dir() -> Path:
     """``$GENVI_DATA_DIR`` if set, else ``../shared/data`` relative to the repository root."""
     env = os.environ.get("GENVI_DATA_DIR")
     return Path(env) if env else (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def add_common_args(parser: argparse.ArgumentParser, default_epochs: int) -> None:
+    """Options every benchmark script takes: data folder, epochs, seed and torch threads."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="folder holding the datasets (default: $GENVI_DATA_DIR or ../shared/data)",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=default_epochs,
+        help=f"training epochs per model (default {default_epochs})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of split, models and metrics")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 can be faster on a busy machine",
+    )
 
 
 def quiet() -> None:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     RESULTS_DIR,
-    default_data_dir,
+    add_common_args,
     load_dataset,
     machine_info,
     markdown_table,
@@ -102,12 +102,7 @@ FLOOR_NAMES = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default_data_dir(),
-        help="folder holding the datasets (default: $GENVI_DATA_DIR or ../shared/data)",
-    )
+    add_common_args(parser, DEFAULT_EPOCHS)
     parser.add_argument(
         "--dataset",
         default="pbmc3k",
@@ -119,13 +114,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(PRIORS),
         help=f"comma list of PriorVI priors, one row each (default {','.join(PRIORS)})",
     )
-    parser.add_argument(
-        "--max-epochs",
-        type=int,
-        default=DEFAULT_EPOCHS,
-        help=f"training epochs per model (default {DEFAULT_EPOCHS})",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of split, models and metrics")
     parser.add_argument(
         "--out",
         type=Path,
@@ -141,12 +129,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="nb",
         choices=["nb", "zinb", "poisson"],
         help="scVI gene likelihood (default nb, the same as PriorVI's)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice); 1 can be faster on a busy machine",
     )
     args = parser.parse_args(argv)
     if args.quick:

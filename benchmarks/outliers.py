@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     RESULTS_DIR,
-    default_data_dir,
+    add_common_args,
     load_dataset,
     machine_info,
     markdown_table,
@@ -57,18 +57,7 @@ SCORES = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default_data_dir(),
-        help=f"folder holding {DATASET} (default: $GENVI_DATA_DIR or ../shared/data)",
-    )
-    parser.add_argument(
-        "--max-epochs",
-        type=int,
-        default=DEFAULT_EPOCHS,
-        help=f"training epochs per model (default {DEFAULT_EPOCHS})",
-    )
+    add_common_args(parser, DEFAULT_EPOCHS)
     parser.add_argument(
         "--priors",
         default="gaussian",
@@ -85,18 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="comma list of cell types to leave out (default: all with >= 30 cells)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of split, models and scores")
     parser.add_argument(
         "--out",
         type=Path,
         default=RESULTS_DIR / "outliers_pbmc3k.json",
         help="JSON output (default: benchmarks/results/outliers_pbmc3k.json)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice); 1 can be faster on a busy machine",
     )
     args = parser.parse_args(argv)
     args.priors = [p.strip() for p in args.priors.split(",") if p.strip()]
