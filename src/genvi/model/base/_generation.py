@@ -12,6 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from torch.distributions import Distribution
+from tqdm.auto import tqdm
 
 from genvi._validation import check_genes
 from genvi.model.base._conditions import Conditions, ConditionSchema
@@ -47,6 +48,17 @@ class GenerativeMixin:
         self, z: torch.Tensor, c: torch.Tensor, log_library: torch.Tensor, batch: torch.Tensor
     ) -> Distribution:
         return self.module.decode(z, c, log_library, batch)
+
+    def _decode_reference(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        log_library: torch.Tensor,
+        batch: torch.Tensor,
+        ref: np.ndarray,
+    ) -> Distribution:
+        """Decode generated cells; ``ref`` are the training cells their nuisances come from."""
+        return self._decode(z, c, log_library, batch)
 
     # ------------------------------------------------------------------ helpers
     def _condition_tensors(self, cat, cont, keep) -> torch.Tensor:
@@ -85,6 +97,8 @@ class GenerativeMixin:
         batch: str | None,
         rng: np.random.Generator,
         batch_size: int,
+        sample_kwargs: dict | None = None,
+        progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """Sample latents, library sizes and observations for each spec; arrays on the CPU."""
         cat, cont, keep = self._schema.encode(specs)
@@ -107,16 +121,18 @@ class GenerativeMixin:
         batch_idx = self.train_batch_[ref] if batch_code is None else np.full(len(rows), batch_code)
         dev = self.module.device
         xs, zs = [], []
-        for start in range(0, len(rows), batch_size):
+        starts = range(0, len(rows), batch_size)
+        for start in tqdm(starts, disable=not progress or len(starts) < 2, desc="generating"):
             sl = slice(start, start + batch_size)
             r = rows[sl]
             c = self._condition_tensors(cat[r], cont[r], keep[r])
-            z = self._sample_latent(c)
-            px = self._decode(
+            z = self._sample_latent(c, **(sample_kwargs or {}))
+            px = self._decode_reference(
                 z,
                 c,
                 torch.as_tensor(log_lib[sl], device=dev).unsqueeze(-1),
                 torch.as_tensor(batch_idx[sl], device=dev).unsqueeze(-1),
+                ref[sl],
             )
             xs.append(px.sample().cpu().numpy())
             zs.append(z.cpu().numpy())
@@ -176,11 +192,27 @@ class GenerativeMixin:
         training categories, ``obs["library_size"]``, latents in
         ``obsm["X_genvi_latent"]`` and run metadata in ``uns["genvi"]``.
         """
+        return self._generate(conditions, n_cells, library_size, batch, seed, batch_size)
+
+    def _generate(
+        self,
+        conditions: Conditions,
+        n_cells: int | Sequence[int],
+        library_size: float | np.ndarray | None,
+        batch: str | None,
+        seed: int | None,
+        batch_size: int,
+        sample_kwargs: dict | None = None,
+        metadata: dict | None = None,
+        progress: bool = False,
+    ) -> AnnData:
         specs = self._schema.parse(conditions)
         counts = self._n_cells_per_spec(n_cells, len(specs))
         self.module.eval()
         with seeded(seed, self.module.device) as rng:
-            out = self._simulate_cells(specs, counts, library_size, batch, rng, batch_size)
+            out = self._simulate_cells(
+                specs, counts, library_size, batch, rng, batch_size, sample_kwargs, progress
+            )
         obs = self._schema.to_obs(specs, counts)
         if self.batch_key_ is not None:
             obs[self.batch_key_] = pd.Categorical(
@@ -201,6 +233,7 @@ class GenerativeMixin:
             method="generate",
             seed=seed,
             library_size="given" if library_size is not None else "training cells of condition",
+            **(metadata or {}),
         )
         return adata
 
@@ -210,7 +243,7 @@ class GenerativeMixin:
         meta = {
             "model": type(self).__name__,
             "genvi_version": genvi.__version__,
-            "gene_likelihood": self.module.gene_likelihood,
+            "gene_likelihood": getattr(self.module, "gene_likelihood", None),
             "condition_keys": list(self._schema.categorical),
             "continuous_condition_keys": list(self._schema.continuous),
         }

@@ -1,0 +1,164 @@
+"""Adapters giving the latent priors one interface to different trained count autoencoders."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from torch.distributions import Distribution
+
+SUPPORTED_BASES = ("scvi.model.SCVI", "genvi.model.PriorVI")
+
+
+class BaseModelAdapter:
+    """What a latent prior needs from a trained base model: encode, decode, nuisance inputs.
+
+    Parameters
+    ----------
+    model
+        A trained ``scvi.model.SCVI`` or :class:`genvi.model.PriorVI`.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        if not getattr(model, "is_trained_", False):
+            raise ValueError(
+                f"The base model ({type(model).__name__}) is not trained; call its .train() "
+                "first. A latent prior learns the latent space of a trained autoencoder."
+            )
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def class_path(self) -> str:
+        """Import path of the base model class (recorded on save)."""
+        cls = type(self.model)
+        return f"{cls.__module__.split('.')[0]}.model.{cls.__name__}"
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the base model's weights: identifies the exact trained model."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.model.module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    @property
+    def n_latent(self) -> int:
+        """Latent dimension."""
+        return int(self.model.module.n_latent)
+
+    @property
+    def var_names(self) -> np.ndarray:
+        """Genes of the base model."""
+        names = getattr(self.model, "var_names_", None)
+        if names is None:
+            names = self.model.adata.var_names
+        return np.asarray(names, dtype=str)
+
+    @property
+    def gene_likelihood(self) -> str:
+        """The base decoder's likelihood."""
+        return str(self.model.module.gene_likelihood)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the base model."""
+        return self.model.module.device
+
+    # ------------------------------------------------------------------ encode
+    def latent_distribution(
+        self, adata: AnnData, batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means and standard deviations of q(z | x) for every cell."""
+        self.model.module.eval()
+        loc, scale = self.model.get_latent_representation(
+            adata, give_mean=True, return_dist=True, batch_size=batch_size
+        )
+        return np.asarray(loc, np.float32), np.asarray(scale, np.float32)
+
+    # ------------------------------------------------------------------ decode
+    def decoder_inputs(self, adata: AnnData) -> dict[str, np.ndarray]:
+        """Per-cell nuisance inputs of the decoder (batch and covariates) of ``adata``."""
+        raise NotImplementedError
+
+    def decode(
+        self, z: torch.Tensor, log_library: torch.Tensor, inputs: dict[str, torch.Tensor]
+    ) -> Distribution:
+        """p(x | z, nuisance) with the given log library sizes."""
+        raise NotImplementedError
+
+
+class SCVIAdapter(BaseModelAdapter):
+    """``scvi.model.SCVI``: batch and categorical / continuous covariates enter the decoder."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        module = model.module
+        if getattr(module, "dispersion", "gene") == "gene-label":
+            raise ValueError(
+                "SCVI models with dispersion='gene-label' need cell labels to decode and are "
+                "not supported as a base model; use 'gene', 'gene-batch' or 'gene-cell'."
+            )
+
+    def decoder_inputs(self, adata: AnnData) -> dict[str, np.ndarray]:
+        manager = self.model.get_anndata_manager(adata, required=True)
+        registry = manager.data_registry
+        out = {"batch": np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()}
+        for name, key in (
+            ("cat_covs", REGISTRY_KEYS.CAT_COVS_KEY),
+            ("cont_covs", REGISTRY_KEYS.CONT_COVS_KEY),
+        ):
+            if key in registry:
+                out[name] = np.asarray(manager.get_from_registry(key), dtype=np.float32)
+        return out
+
+    def decode(self, z, log_library, inputs) -> Distribution:
+        cat = inputs.get("cat_covs")
+        return self.model.module.generative(
+            z=z,
+            library=log_library,
+            batch_index=inputs["batch"].long().unsqueeze(-1),
+            cont_covs=inputs.get("cont_covs"),
+            cat_covs=cat.long() if cat is not None else None,
+            size_factor=log_library,
+        )["px"]
+
+
+class PriorVIAdapter(BaseModelAdapter):
+    """:class:`genvi.model.PriorVI` with a decoder that sees z and the batch only."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        if model.module.decode_conditions:
+            raise ValueError(
+                "This PriorVI decodes with its conditions (decode_conditions=True), so its "
+                "latents alone do not determine the cells. Use a PriorVI trained with "
+                "decode_conditions=False (the default) as the base model."
+            )
+
+    def decoder_inputs(self, adata: AnnData) -> dict[str, np.ndarray]:
+        manager = self.model.get_anndata_manager(adata, required=True)
+        return {"batch": np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()}
+
+    def decode(self, z, log_library, inputs) -> Distribution:
+        batch = inputs["batch"].long().unsqueeze(-1)
+        c = torch.ones(z.shape[0], 1, device=z.device)  # unused by a z-only decoder
+        return self.model.module.decode(z, c, log_library, batch)
+
+
+def make_adapter(model) -> BaseModelAdapter:
+    """The adapter for a trained base model, or a clear error for an unsupported one."""
+    import scvi
+
+    from genvi.model._priorvi import PriorVI
+
+    if isinstance(model, PriorVI):
+        return PriorVIAdapter(model)
+    if isinstance(model, scvi.model.SCVI):
+        return SCVIAdapter(model)
+    raise TypeError(
+        f"Unsupported base model {type(model).__name__}; use one of {list(SUPPORTED_BASES)}."
+    )

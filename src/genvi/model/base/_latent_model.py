@@ -1,0 +1,625 @@
+"""Shared model class of the latent priors (LatentDiffusion, LatentFlow)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scvi
+import torch
+from anndata import AnnData
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+)
+from scvi.model._utils import parse_device_args
+from scvi.model.base import BaseModelClass
+from scvi.model.base._save_load import _load_saved_files
+from scvi.train import TrainRunner
+from torch.distributions import Distribution
+
+from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi._validation import check_finite, check_genes, check_obs_keys, get_matrix
+from genvi.model.base._base_models import SUPPORTED_BASES, make_adapter
+from genvi.model.base._conditions import Conditions, ConditionSchema
+from genvi.model.base._generation import GenerativeMixin, seeded
+from genvi.model.base._latent_data import LatentDataModule
+from genvi.model.base._training import GenviTrainingPlan
+from genvi.module._latent_prior import ConditionInputs
+
+# Diffusion / flow-matching objectives are noisy per step: train for a number of optimizer
+# steps, not of passes over small data.
+DEFAULT_TRAIN_STEPS = 10_000
+MAX_DEFAULT_EPOCHS = 2_000
+
+
+class LatentPriorModel(GenerativeMixin, BaseModelClass):
+    """Base class of generative priors trained in the latent space of a trained base model.
+
+    Stage 1 is a trained count autoencoder (``scvi.model.SCVI`` or
+    :class:`genvi.model.PriorVI`); stage 2 (this model) learns p(z | conditions) over its
+    posterior latents; new cells are sampled from stage 2 and decoded to counts by the stage-1
+    decoder, with library sizes and nuisance covariates (batch...) taken from training cells
+    of the same condition.
+    """
+
+    _module_cls: type
+    _cat_registry_key = GENVI_REGISTRY_KEYS.COND_CAT_KEY
+    _cont_registry_key = GENVI_REGISTRY_KEYS.COND_CONT_KEY
+
+    def _init_latent_model(self, adata: AnnData, base_model, **module_kwargs) -> None:
+        adapter = make_adapter(base_model)
+        check_genes(adata, adapter.var_names)
+        super().__init__(adata)
+        setup_batch = self.adata_manager.registry["setup_args"].get("batch_key")
+        base_batch = base_model.adata_manager.registry["setup_args"].get("batch_key")
+        if setup_batch is not None and setup_batch != base_batch:
+            raise ValueError(
+                f"batch_key={setup_batch!r} differs from the base model's batch key "
+                f"({base_batch!r}); the base decoder decodes in its own batches. Pass the base "
+                "model's batch key or none."
+            )
+        self.base_model = base_model
+        self._adapter = adapter
+        schema = self._schema
+        cont = self._continuous_values()
+        self.module = self._module_cls(
+            n_latent=adapter.n_latent,
+            n_cats_per_key=[len(c) for c in schema.categorical.values()],
+            n_continuous=len(schema.continuous),
+            continuous_mean=cont.mean(0).tolist() if cont is not None else None,
+            continuous_std=cont.std(0).tolist() if cont is not None else None,
+            gene_likelihood=adapter.gene_likelihood,
+            **module_kwargs,
+        )
+        self.base_class_ = adapter.class_path
+        self.base_fingerprint_ = adapter.fingerprint()
+        self.latent_stats_set_ = False
+        self._store_training_reference()
+        self._model_summary_string = (
+            f"{type(self).__name__} on {type(base_model).__name__} "
+            f"(n_latent={adapter.n_latent}), conditions={schema.keys or 'none'}"
+        )
+
+    def _init_params_without_base(self, local_vars: dict) -> dict:
+        params = self._get_init_params(local_vars)
+        params["non_kwargs"].pop("base_model", None)
+        return params
+
+    @classmethod
+    def from_model(
+        cls,
+        base_model,
+        adata: AnnData | None = None,
+        condition_keys: Sequence[str] | None = None,
+        continuous_condition_keys: Sequence[str] | None = None,
+        **model_kwargs,
+    ):
+        """Register ``adata`` (the base model's by default) and build the prior on ``base_model``.
+
+        Parameters
+        ----------
+        base_model
+            A trained ``scvi.model.SCVI`` or :class:`genvi.model.PriorVI`.
+        adata
+            Cells to train on (same genes as the base model); ``base_model.adata`` by default.
+            Registration adds scvi-tools' metadata to ``adata.uns`` only.
+        condition_keys, continuous_condition_keys
+            Conditions to generate from.
+        **model_kwargs
+            Passed to the model's constructor.
+        """
+        adata = base_model.adata if adata is None else adata
+        if adata is None:
+            raise ValueError("The base model holds no AnnData; pass adata=.")
+        layer = base_model.adata_manager.registry["setup_args"].get("layer")
+        cls.setup_anndata(
+            adata,
+            layer=layer,
+            condition_keys=condition_keys,
+            continuous_condition_keys=continuous_condition_keys,
+        )
+        return cls(adata, base_model=base_model, **model_kwargs)
+
+    # ------------------------------------------------------------------ registry helpers
+    @property
+    def _schema(self) -> ConditionSchema:
+        registry = self.adata_manager.data_registry
+        categorical, continuous = {}, []
+        if self._cat_registry_key in registry:
+            state = self.adata_manager.get_state_registry(self._cat_registry_key)
+            categorical = {k: [str(c) for c in state.mappings[k]] for k in state.field_keys}
+        if self._cont_registry_key in registry:
+            continuous = list(
+                self.adata_manager.get_state_registry(self._cont_registry_key).columns
+            )
+        return ConditionSchema(categorical, continuous)
+
+    def _registered(self, key: str, adata: AnnData | None = None) -> np.ndarray | None:
+        manager = self.get_anndata_manager(adata or self.adata, required=True)
+        if key not in manager.data_registry:
+            return None
+        return np.asarray(manager.get_from_registry(key))
+
+    def _continuous_values(self) -> np.ndarray | None:
+        cont = self._registered(self._cont_registry_key)
+        return None if cont is None else cont.astype(float)
+
+    def _library_sizes(self, adata: AnnData | None = None) -> np.ndarray:
+        manager = self.get_anndata_manager(adata or self.adata, required=True)
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        return np.maximum(np.asarray(X.sum(1)).ravel(), 1.0).astype(np.float64)
+
+    def _store_training_reference(self) -> None:
+        """Library sizes, condition codes and base-decoder nuisance inputs of training cells."""
+        self.train_library_ = self._library_sizes()
+        codes = self._registered(self._cat_registry_key)
+        self.train_codes_ = (np.zeros((self.adata.n_obs, 0)) if codes is None else codes).astype(
+            np.int32
+        )
+        inputs = self._adapter.decoder_inputs(self.adata)
+        self.train_decoder_inputs_ = inputs
+        self.train_batch_ = inputs["batch"].astype(np.int64)
+        base_manager = self.base_model.adata_manager
+        batch_state = base_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        self.batch_categories_ = [str(c) for c in batch_state.categorical_mapping]
+        self.batch_key_ = base_manager.registry["setup_args"].get("batch_key")
+        self.var_names_ = np.asarray(self.adata.var_names, dtype=str)
+
+    def _condition_arrays(self, adata: AnnData | None = None, indices=None):
+        cat = self._registered(self._cat_registry_key, adata)
+        cont = self._registered(self._cont_registry_key, adata)
+        if indices is not None:
+            cat = cat[indices] if cat is not None else None
+            cont = cont[indices] if cont is not None else None
+        return cat, cont
+
+    def _condition_inputs(self, cat, cont, n: int) -> ConditionInputs:
+        dev = self.module.device
+        return ConditionInputs(
+            torch.as_tensor(cat, device=dev).long() if cat is not None and cat.shape[1] else None,
+            torch.as_tensor(cont, device=dev).float()
+            if cont is not None and cont.shape[1]
+            else None,
+            torch.ones(n, self.module.n_keys, dtype=torch.bool, device=dev),
+        )
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 256,
+        train_size: float = 0.9,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        latent_batch_size: int | None = None,
+        **trainer_kwargs,
+    ):
+        """Train the prior on the base model's posterior latents of the registered cells.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the cells. By default enough for about 10,000 optimizer steps (at
+            most 2,000 epochs): denoising objectives need many steps, and small data sets
+            have few steps per epoch.
+        batch_size
+            Minibatch size.
+        train_size
+            Fraction of cells for training; the rest gives the validation loss.
+        accelerator, devices
+            Lightning device arguments.
+        plan_kwargs
+            Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
+        latent_batch_size
+            Cells per pass when encoding the data with the base model.
+        **trainer_kwargs
+            Passed to Lightning's ``Trainer`` (``strategy``, ``enable_progress_bar``...).
+        """
+        loc, scale = self._adapter.latent_distribution(self.adata, batch_size=latent_batch_size)
+        if not self.latent_stats_set_:
+            self.module.set_latent_stats(torch.as_tensor(loc.mean(0)), torch.as_tensor(loc.std(0)))
+            self.latent_stats_set_ = True
+        cat, cont = self._condition_arrays()
+        data = LatentDataModule(
+            loc, scale, cat, cont, train_size, batch_size, seed=scvi.settings.seed or 0
+        )
+        if max_epochs is None:
+            steps_per_epoch = max(1, math.ceil(data.n_train / batch_size))
+            max_epochs = int(
+                min(MAX_DEFAULT_EPOCHS, math.ceil(DEFAULT_TRAIN_STEPS / steps_per_epoch))
+            )
+        plan = GenviTrainingPlan(self.module, **(plan_kwargs or {}))
+        trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=data,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            **trainer_kwargs,
+        )
+        return runner()
+
+    # ------------------------------------------------------------------ generation hooks
+    def _condition_tensors(self, cat, cont, keep) -> ConditionInputs:
+        dev = self.module.device
+        return ConditionInputs(
+            torch.as_tensor(cat, device=dev) if cat.shape[1] else None,
+            torch.as_tensor(cont, device=dev) if cont.shape[1] else None,
+            torch.as_tensor(keep, device=dev),
+        )
+
+    def _sample_latent(self, c: ConditionInputs, **kwargs) -> torch.Tensor:
+        return self.module.sample(c, **kwargs)
+
+    def _decode_reference(self, z, c, log_library, batch, ref) -> Distribution:
+        return self._decode_with_inputs(z, log_library, self._reference_inputs(ref, batch))
+
+    def _reference_inputs(self, ref: np.ndarray, batch: torch.Tensor | None = None) -> dict:
+        dev = self._adapter.device
+        inputs = {
+            k: torch.as_tensor(v[ref], device=dev) for k, v in self.train_decoder_inputs_.items()
+        }
+        if batch is not None:
+            inputs["batch"] = batch.reshape(-1).to(dev)
+        return inputs
+
+    def _decode_with_inputs(self, z, log_library, inputs) -> Distribution:
+        dev = self._adapter.device
+        self.base_model.module.eval()  # a frozen base must not update BatchNorm statistics
+        return self._adapter.decode(z.to(dev), log_library.to(dev), inputs)
+
+    def _guidance_terms(self, guidance) -> list[tuple[torch.Tensor, float]]:
+        """``None`` / a number / ``{key: weight}`` to (keys to drop, weight) pairs."""
+        keys = self._schema.keys
+        if guidance is None:
+            return []
+        if isinstance(guidance, dict):
+            unknown = [k for k in guidance if k not in keys]
+            if unknown:
+                raise ValueError(
+                    f"guidance names unknown condition key(s) {unknown}; the model knows "
+                    f"{keys or 'none'}."
+                )
+            items = [(torch.tensor([k == key for k in keys]), w) for key, w in guidance.items()]
+        else:
+            if not keys:
+                raise ValueError("guidance needs conditions, but the model has none.")
+            items = [(torch.ones(len(keys), dtype=torch.bool), guidance)]
+        terms = []
+        for drop, w in items:
+            try:
+                w = float(w)
+            except (TypeError, ValueError):
+                raise ValueError(f"guidance weights must be numbers, got {w!r}.") from None
+            if not math.isfinite(w):
+                raise ValueError(f"guidance weights must be finite, got {w}.")
+            terms.append((drop, w))
+        encoder = self.module.condition_encoder
+        guided = any(w != 0 for _, w in terms)
+        if guided and encoder.dropout == 0 and self.module.uncond_dropout == 0:
+            raise ValueError(
+                "Guidance needs null tokens trained by condition dropout; this model was "
+                "trained with condition_dropout=0 and uncond_dropout=0."
+            )
+        return terms
+
+    def _sample_kwargs(self, n_steps, guidance, **kwargs) -> dict:
+        raise NotImplementedError
+
+    def _check_trained(self) -> None:
+        if not self.is_trained_:
+            raise ValueError(f"This {type(self).__name__} is not trained yet; call .train().")
+
+    # ------------------------------------------------------------------ public API
+    def sample_latent(
+        self,
+        conditions: Conditions,
+        n_cells: int | Sequence[int] = 100,
+        n_steps: int | None = None,
+        guidance: float | dict[str, float] | None = None,
+        seed: int | None = None,
+        batch_size: int = 4096,
+        **sampler_kwargs,
+    ) -> np.ndarray:
+        """Latents (in the base model's space) drawn from p(z | conditions), not decoded.
+
+        Same arguments as :meth:`generate`; rows follow the order of the conditions.
+        """
+        self._check_trained()
+        specs = self._schema.parse(conditions)
+        counts = self._n_cells_per_spec(n_cells, len(specs))
+        cat, cont, keep = self._schema.encode(specs)
+        rows = np.repeat(np.arange(len(specs)), counts)
+        kwargs = self._sample_kwargs(n_steps, guidance, **sampler_kwargs)
+        self.module.eval()
+        out = []
+        with seeded(seed, self.module.device), torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                r = rows[start : start + batch_size]
+                c = self._condition_tensors(cat[r], cont[r], keep[r])
+                out.append(self._sample_latent(c, **kwargs).cpu().numpy())
+        return np.concatenate(out)
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Base-model posterior means of real cells (the space the prior is trained in)."""
+        adata = self._validate_anndata(adata)
+        loc, _ = self._adapter.latent_distribution(adata, batch_size=batch_size)
+        return loc if indices is None else loc[np.asarray(indices)]
+
+    # ------------------------------------------------------------------ counterfactuals
+    @torch.no_grad()
+    def predict_counterfactual(
+        self,
+        adata: AnnData | None = None,
+        new_conditions: dict | None = None,
+        indices: Sequence[int] | None = None,
+        return_mean: bool = False,
+        n_steps: int | None = None,
+        seed: int | None = None,
+        batch_size: int = 1024,
+    ) -> AnnData:
+        """Each cell under other conditions, by deterministic transport through the prior.
+
+        The cell's base latent (posterior mean) is mapped to its noise under its own
+        conditions by the prior's deterministic ODE, and pushed back under the new
+        conditions; counts are decoded with the cell's library size and batch.
+
+        Parameters
+        ----------
+        adata
+            Cells to transform (the training data by default).
+        new_conditions
+            Keys to change and their new values.
+        indices
+            Subset of cells.
+        return_mean
+            Expected expression instead of sampled counts.
+        n_steps
+            ODE steps each way.
+        seed
+            Seed of the count sampling.
+        batch_size
+            Cells per pass.
+        """
+        self._check_trained()
+        if not new_conditions:
+            raise ValueError("new_conditions must name at least one condition key to change.")
+        new = self._schema.parse(new_conditions)[0]
+        adata = self._validate_anndata(adata)
+        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        loc, _ = self._adapter.latent_distribution(adata)
+        cat, cont = self._condition_arrays(adata, idx)
+        ncat, ncont, _ = self._schema.encode([new])
+        cat_new = None if cat is None else cat.copy()
+        cont_new = None if cont is None else cont.astype(np.float32).copy()
+        for j, key in enumerate(self._schema.categorical):
+            if key in new:
+                cat_new[:, j] = ncat[0, j]
+        for j, key in enumerate(self._schema.continuous):
+            if key in new:
+                cont_new[:, j] = ncont[0, j]
+        inputs_all = self._adapter.decoder_inputs(adata)
+        log_lib_all = np.log(self._library_sizes(adata)).astype(np.float32)
+        self.module.eval()
+        dev = self.module.device
+        xs = []
+        with seeded(seed, dev):
+            for start in range(0, len(idx), batch_size):
+                sl = slice(start, start + batch_size)
+                rows = idx[sl]
+                n = len(rows)
+                z = torch.as_tensor(loc[rows], device=dev)
+                old = self._condition_inputs(_rows(cat, sl), _rows(cont, sl), n)
+                target = self._condition_inputs(_rows(cat_new, sl), _rows(cont_new, sl), n)
+                noise = self.module.to_noise(z, old, **self._transport_kwargs(n_steps))
+                z_new = self.module.from_noise(noise, target, **self._transport_kwargs(n_steps))
+                inputs = {
+                    k: torch.as_tensor(v[rows], device=self._adapter.device)
+                    for k, v in inputs_all.items()
+                }
+                lib = torch.as_tensor(log_lib_all[rows]).unsqueeze(-1)
+                px = self._decode_with_inputs(z_new, lib, inputs)
+                xs.append((px.mean if return_mean else px.sample()).cpu().numpy())
+        x = np.concatenate(xs).astype(np.float32)
+        obs = adata.obs.iloc[idx]
+        obs = obs.loc[:, [c for c in obs.columns if not str(c).startswith("_scvi")]].copy()
+        for key, value in new.items():
+            if key in self._schema.categorical:
+                obs[key] = pd.Categorical(
+                    [value] * len(obs), categories=self._schema.categorical[key]
+                )
+            else:
+                obs[key] = float(value)
+        result = AnnData(
+            X=x if return_mean else sparse.csr_matrix(x), obs=obs, var=adata.var.copy()
+        )
+        result.uns["genvi"] = self._run_metadata(
+            method="predict_counterfactual",
+            new_conditions={k: str(v) for k, v in new.items()},
+            return_mean=return_mean,
+            seed=seed,
+        )
+        return result
+
+    def _transport_kwargs(self, n_steps: int | None) -> dict:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        condition_keys: Sequence[str] | None = None,
+        continuous_condition_keys: Sequence[str] | None = None,
+        batch_key: str | None = None,
+        **kwargs,
+    ):
+        """Register an AnnData for a latent prior.
+
+        Only registration metadata is added to ``adata.uns``; the data are not changed.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes, the same genes as the base model.
+        layer
+            Layer holding the counts (``X`` if ``None``); used for library sizes.
+        condition_keys
+            Categorical obs columns to generate from.
+        continuous_condition_keys
+            Numeric obs columns to generate from.
+        batch_key
+            Optional; if given it must be the base model's batch key (the base decoder
+            decodes in its own batches).
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
+        """
+        from genvi.model._priorvi import _as_list
+
+        condition_keys = _as_list(condition_keys, "condition_keys")
+        continuous_condition_keys = _as_list(continuous_condition_keys, "continuous_condition_keys")
+        check_obs_keys(adata, condition_keys, continuous_condition_keys, batch_key, None)
+        check_finite(get_matrix(adata, layer))
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalJointObsField(cls._cat_registry_key, condition_keys or None),
+            NumericalJointObsField(cls._cont_registry_key, continuous_condition_keys or None),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ------------------------------------------------------------------ save / load
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **kwargs,
+    ) -> None:
+        """Save the prior and, in ``dir_path/base``, the base model it decodes with."""
+        super().save(
+            dir_path, prefix=prefix, overwrite=overwrite, save_anndata=save_anndata, **kwargs
+        )
+        self.base_model.save(
+            os.path.join(os.fspath(dir_path), f"{prefix or ''}base"), overwrite=True
+        )
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        adata: AnnData | None = None,
+        base_model=None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+    ):
+        """Load a saved prior with its base model.
+
+        Parameters
+        ----------
+        dir_path
+            Folder given to :meth:`save`.
+        adata
+            AnnData with the model's genes and condition columns (required).
+        base_model
+            The trained base model; by default the copy saved in ``dir_path/base``. A base
+            model other than the one the prior was trained on is refused.
+        accelerator, device
+            Where to put the models.
+        prefix
+            File name prefix used when saving.
+        """
+        dir_path = os.fspath(dir_path)
+        path = os.path.join(dir_path, f"{prefix or ''}model.pt")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No saved model at {path}; pass the folder given to save().")
+        if adata is None:
+            raise ValueError(
+                f"{cls.__name__}.load needs adata= (cells with the model's genes and condition "
+                "columns)."
+            )
+        try:
+            attr_dict, var_names, state, _ = _load_saved_files(
+                dir_path, load_adata=False, prefix=prefix, map_location="cpu"
+            )
+        except (
+            pickle.UnpicklingError,
+            zipfile.BadZipFile,
+            EOFError,
+            RuntimeError,
+            KeyError,
+        ) as err:
+            raise ValueError(
+                f"The model file {path} is corrupt or truncated and could not be read ({err}). "
+                "Save the model again from a trained instance."
+            ) from err
+        check_genes(adata, np.asarray(var_names, dtype=str))
+        if base_model is None:
+            base_dir = os.path.join(dir_path, f"{prefix or ''}base")
+            if not os.path.exists(os.path.join(base_dir, "model.pt")):
+                raise FileNotFoundError(
+                    f"No base model saved at {base_dir}; pass the trained base model as "
+                    "base_model=."
+                )
+            base_model = _import_base(attr_dict["base_class_"]).load(
+                base_dir, adata=adata, accelerator=accelerator, device=device
+            )
+        fingerprint = make_adapter(base_model).fingerprint()
+        if fingerprint != attr_dict["base_fingerprint_"]:
+            raise ValueError(
+                f"base_model is not the model this {cls.__name__} was trained on (its weights "
+                "differ). Pass the same trained base model, or retrain the prior on this one."
+            )
+        registry = attr_dict.pop("registry_")
+        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+        init = attr_dict.pop("init_params_")
+        kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
+        model = cls(adata, base_model=base_model, **init["non_kwargs"], **kwargs)
+        for attr, val in attr_dict.items():
+            setattr(model, attr, val)
+        state.pop("pyro_param_store", None)  # scvi-tools stores it; nothing pyro here
+        model.module.load_state_dict(state)
+        _, _, torch_device = parse_device_args(accelerator, device, return_device="torch")
+        model.to_device(torch_device)
+        model.module.eval()
+        return model
+
+
+def _rows(a: np.ndarray | None, sl: slice) -> np.ndarray | None:
+    return None if a is None else a[sl]
+
+
+def _import_base(class_path: str):
+    if class_path not in SUPPORTED_BASES:
+        raise ValueError(
+            f"Saved base model class {class_path!r} is not one genvi can load; supported: "
+            f"{list(SUPPORTED_BASES)}. Pass the base model as base_model=."
+        )
+    module, name = class_path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,226 @@
+"""LatentFlowModule: conditional flow matching over a base model's latents."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torchdiffeq import odeint
+
+from genvi.module._latent_prior import ConditionInputs, LatentPriorModule
+
+ODEMethod = Literal["euler", "heun", "midpoint", "rk4", "dopri5"]
+_TORCHDIFFEQ = {"heun": "heun2"}
+_ADAPTIVE = ("dopri5",)
+
+
+class LatentFlowModule(LatentPriorModule):
+    """Conditional flow matching on the linear path from N(0, I) to standardised latents.
+
+    ``z_t = (1 - t) z_0 + t z_1`` with ``z_0 ~ N(0, I)``; the network regresses the velocity
+    ``z_1 - z_0``. Samples integrate the learned ODE from ``t = 0`` to ``1`` (fixed-step or
+    adaptive with torchdiffeq); log-densities follow from the continuous change of
+    variables (exact trace or Hutchinson's estimator).
+
+    Parameters
+    ----------
+    ot_pairing
+        Pair noise and latents inside each minibatch by optimal transport (per condition
+        group, so the noise stays N(0, I) given the condition): straighter paths, fewer
+        steps needed.
+    **kwargs
+        See :class:`~genvi.module.LatentPriorModule`.
+    """
+
+    def __init__(self, *args, ot_pairing: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ot_pairing = ot_pairing
+
+    def per_cell_loss(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Squared error of the regressed velocity at a uniformly drawn time."""
+        noise = torch.randn_like(z)
+        if self.ot_pairing:
+            noise = noise[_ot_permutation(noise, z, c)]
+        t = torch.rand(z.shape[0], device=z.device)
+        zt = (1 - t).unsqueeze(-1) * noise + t.unsqueeze(-1) * z
+        return ((self.net(zt, t, c) - (z - noise)) ** 2).sum(-1)
+
+    def velocity(
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        cond: ConditionInputs,
+        guidance: Sequence[tuple[torch.Tensor, float]] = (),
+    ) -> torch.Tensor:
+        """Guided velocity at ``(z, t)``; ``t`` scalar or ``(n,)``."""
+        t = t.expand(z.shape[0]) if t.dim() == 0 else t
+        return self.guided(self.net, z, t, cond, guidance)
+
+    def _integrate(self, z, t0, t1, cond, guidance, n_steps, method, rtol, atol):
+        if method not in ("euler", "heun", "midpoint", "rk4", *_ADAPTIVE):
+            raise ValueError(
+                f"Unknown ODE method {method!r}; use 'euler', 'heun', 'midpoint', 'rk4' or "
+                "'dopri5'."
+            )
+        if method not in _ADAPTIVE and n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
+        grid = torch.tensor([t0, t1], device=z.device, dtype=z.dtype)
+        kwargs = {"rtol": rtol, "atol": atol}
+        if method not in _ADAPTIVE:
+            grid = torch.linspace(t0, t1, n_steps + 1, device=z.device, dtype=z.dtype)
+            kwargs = {}
+        path = odeint(
+            lambda t, x: self.velocity(x, t, cond, guidance),
+            z,
+            grid,
+            method=_TORCHDIFFEQ.get(method, method),
+            **kwargs,
+        )
+        return path[-1]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: ConditionInputs,
+        n_steps: int = 20,
+        method: ODEMethod = "heun",
+        guidance: Sequence[tuple[torch.Tensor, float]] = (),
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+    ) -> torch.Tensor:
+        """Integrate the ODE from noise to latents (base model's space).
+
+        Parameters
+        ----------
+        cond
+            Conditions, one row per cell.
+        n_steps
+            Steps of a fixed-step ``method`` (ignored by ``"dopri5"``).
+        method
+            ``"euler"``, ``"heun"``, ``"midpoint"``, ``"rk4"`` or adaptive ``"dopri5"``.
+        guidance
+            Guidance terms ``(keys to drop, weight)``.
+        rtol, atol
+            Tolerances of ``"dopri5"``.
+        """
+        n = cond.keep.shape[0]
+        z = torch.randn(n, self.n_latent, device=self.latent_mean.device)
+        z = self._integrate(z, 0.0, 1.0, cond, guidance, n_steps, method, rtol, atol)
+        return self.unstandardize(z)
+
+    @torch.no_grad()
+    def to_noise(
+        self,
+        z: torch.Tensor,
+        cond: ConditionInputs,
+        n_steps: int = 20,
+        method: ODEMethod = "heun",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+    ) -> torch.Tensor:
+        """Invert the flow: latents (base space) to their noise under ``cond``."""
+        z = self.standardize(z)
+        return self._integrate(z, 1.0, 0.0, cond, (), n_steps, method, rtol, atol)
+
+    @torch.no_grad()
+    def from_noise(
+        self,
+        noise: torch.Tensor,
+        cond: ConditionInputs,
+        n_steps: int = 20,
+        method: ODEMethod = "heun",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+    ) -> torch.Tensor:
+        """Push noise through the flow under ``cond`` (base model's latent space)."""
+        z = self._integrate(noise, 0.0, 1.0, cond, (), n_steps, method, rtol, atol)
+        return self.unstandardize(z)
+
+    def log_prob(
+        self,
+        z: torch.Tensor,
+        cond: ConditionInputs,
+        trace: Literal["exact", "hutchinson"] = "exact",
+        method: ODEMethod = "heun",
+        n_steps: int = 20,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+    ) -> torch.Tensor:
+        """Log-density p(z | c) of base-space latents (continuous change of variables).
+
+        Integrates ``d/dt [z, delta] = [v, div v]`` from ``t = 1`` back to 0 so that
+        ``log p_1(z) = log N(z_0; 0, I) + delta(0)``, then accounts for the standardisation.
+
+        Parameters
+        ----------
+        z
+            Latents, ``(n, n_latent)``.
+        cond
+            Their conditions.
+        trace
+            ``"exact"`` divergence (one backward pass per latent dimension) or
+            ``"hutchinson"`` (one Rademacher probe, unbiased, fixed along the path).
+        method, n_steps, rtol, atol
+            ODE solver settings. Heun with 20 steps matched adaptive dopri5 (rtol 1e-5) to
+            0.03 nats on average (0.1 at most) on simulated 10-d latents, with an eighth of
+            the network evaluations.
+        """
+        if trace not in ("exact", "hutchinson"):
+            raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}.")
+        x1 = self.standardize(z.detach())
+        probe = torch.randint(0, 2, x1.shape, device=x1.device).to(x1.dtype) * 2 - 1
+
+        def field(t, state):
+            x = state[0]
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                v = self.velocity(x, t, cond)
+                if trace == "exact":
+                    div = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+                    for i in range(x.shape[1]):
+                        g = torch.autograd.grad(v[:, i].sum(), x, retain_graph=True)[0]
+                        div = div + g[:, i]
+                else:
+                    g = torch.autograd.grad((v * probe).sum(), x)[0]
+                    div = (g * probe).sum(-1)
+            return v.detach(), div.detach()
+
+        grid = torch.tensor([1.0, 0.0], device=x1.device)
+        kwargs = {"rtol": rtol, "atol": atol}
+        if method not in _ADAPTIVE:
+            grid = torch.linspace(1.0, 0.0, n_steps + 1, device=x1.device)
+            kwargs = {}
+        delta0 = torch.zeros(x1.shape[0], device=x1.device, dtype=x1.dtype)
+        x0, delta = odeint(
+            field, (x1, delta0), grid, method=_TORCHDIFFEQ.get(method, method), **kwargs
+        )
+        x0, delta = x0[-1], delta[-1]
+        d = x0.shape[1]
+        log_base = -0.5 * (x0**2).sum(-1) - 0.5 * d * math.log(2 * math.pi)
+        return log_base + delta + self.log_det_standardize()
+
+
+def _ot_permutation(noise: torch.Tensor, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Indices reordering ``noise`` to the minimal-cost pairing with ``z`` within each condition.
+
+    Cells sharing the same condition embedding form a group; pairing never crosses groups,
+    so the noise a cell of condition c receives is still distributed as N(0, I).
+    """
+    with torch.no_grad():
+        perm = torch.arange(z.shape[0], device=z.device)
+        _, groups = torch.unique(c.detach(), dim=0, return_inverse=True)
+        groups = groups.cpu().numpy()
+        cost = torch.cdist(z.detach(), noise.detach()).pow(2).cpu().numpy()
+        for g in np.unique(groups):
+            idx = np.flatnonzero(groups == g)
+            if len(idx) < 2:
+                continue
+            rows, cols = linear_sum_assignment(cost[np.ix_(idx, idx)])
+            perm[torch.as_tensor(idx[rows], device=z.device)] = torch.as_tensor(
+                idx[cols], device=z.device
+            )
+    return perm
