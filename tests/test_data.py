@@ -9,7 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 
-from genvi.data import pbmc68k, sample_truth, simulate, true_means
+from genvi.data import DATASETS, load_dataset, pbmc68k, sample_truth, simulate, true_means
 from genvi.data._pbmc68k import _check_integer_counts, _recover_counts
 
 # ------------------------------------------------------------------------------------------------
@@ -354,3 +354,17 @@ def test_write_h5ad_roundtrip(sim_full, tmp_path):
         true_means(back_nf, {"cell_type": "type_0", "treatment": "treated"}),
         true_means(no_factors, {"cell_type": "type_0", "treatment": "treated"}),
     )
+
+
+def test_load_dataset_finds_local_files_or_says_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENVI_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no ../shared/data from here
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(FileNotFoundError, match="GENVI_DATA_DIR"):
+        load_dataset("kang_ifnb")
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        load_dataset("nope")
+    small = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    small.write_h5ad(tmp_path / DATASETS["kang_ifnb"])
+    loaded = load_dataset("kang_ifnb")
+    assert loaded.shape == (3, 2)

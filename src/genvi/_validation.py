@@ -35,6 +35,20 @@ def _iter_values(X) -> np.ndarray:
             yield np.asarray(block).ravel()
 
 
+def row_sums(X) -> np.ndarray:
+    """Per-cell totals of a dense, sparse or backed (on-disk) matrix, read in row chunks.
+
+    Memory: one chunk of rows at a time; a backed matrix is never loaded whole.
+    """
+    if isinstance(X, np.ndarray) or sparse.issparse(X):
+        return np.asarray(X.sum(1), dtype=np.float64).ravel()
+    out = np.empty(X.shape[0], dtype=np.float64)
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        block = X[start : start + _CHUNK_ROWS]
+        out[start : start + block.shape[0]] = np.asarray(block.sum(1), dtype=np.float64).ravel()
+    return out
+
+
 def check_finite(X, what: str = "the expression matrix") -> None:
     """Raise if X holds NaN or infinite values."""
     for values in _iter_values(X):

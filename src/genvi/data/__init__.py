@@ -1,6 +1,15 @@
-"""Datasets: the embedded PBMC counts and a ground-truth simulator with known ``p(x | c)``."""
+"""Datasets: embedded PBMC counts, local real datasets and a simulator with known ``p(x | c)``."""
 
+from ._datasets import DATASETS, dataset_path, load_dataset
 from ._pbmc68k import pbmc68k
 from ._simulate import sample_truth, simulate, true_means
 
-__all__ = ["pbmc68k", "sample_truth", "simulate", "true_means"]
+__all__ = [
+    "DATASETS",
+    "dataset_path",
+    "load_dataset",
+    "pbmc68k",
+    "sample_truth",
+    "simulate",
+    "true_means",
+]

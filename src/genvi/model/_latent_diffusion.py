@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import numpy as np
@@ -106,6 +107,7 @@ class LatentDiffusion(LatentPriorModel):
         seed: int | None = None,
         batch_size: int = 4096,
         progress: bool = False,
+        out: str | os.PathLike | None = None,
     ) -> AnnData:
         """Sample new cells of the given conditions.
 
@@ -134,6 +136,9 @@ class LatentDiffusion(LatentPriorModel):
             Cells per pass.
         progress
             Progress bar over batches of cells.
+        out
+            Path of an ``.h5ad`` file to stream the cells to with flat memory; a backed
+            AnnData of that file is returned (see :meth:`genvi.model.PriorVI.generate`).
 
         Returns
         -------
@@ -157,6 +162,7 @@ class LatentDiffusion(LatentPriorModel):
                 "guidance": _guidance_meta(guidance),
             },
             progress=progress,
+            out=out,
         )
 
     def get_log_likelihood(self, *args, **kwargs):

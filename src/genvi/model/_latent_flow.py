@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -115,6 +116,7 @@ class LatentFlow(LatentPriorModel):
         progress: bool = False,
         rtol: float = 1e-5,
         atol: float = 1e-5,
+        out: str | os.PathLike | None = None,
     ) -> AnnData:
         """Sample new cells of the given conditions.
 
@@ -143,6 +145,9 @@ class LatentFlow(LatentPriorModel):
             Progress bar over batches of cells.
         rtol, atol
             Tolerances of ``"dopri5"``.
+        out
+            Path of an ``.h5ad`` file to stream the cells to with flat memory; a backed
+            AnnData of that file is returned (see :meth:`genvi.model.PriorVI.generate`).
 
         Returns
         -------
@@ -166,6 +171,7 @@ class LatentFlow(LatentPriorModel):
                 "guidance": _guidance_meta(guidance),
             },
             progress=progress,
+            out=out,
         )
 
     def get_latent_log_prob(

@@ -24,7 +24,7 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 from scvi.utils import setup_anndata_dsp
 
 from genvi._constants import GENVI_REGISTRY_KEYS
-from genvi._validation import check_counts, check_finite, check_obs_keys, get_matrix
+from genvi._validation import check_counts, check_finite, check_obs_keys, get_matrix, row_sums
 from genvi.model.base import (
     ConditionSchema,
     GenerativeMixin,
@@ -195,7 +195,7 @@ class PriorVI(
         manager = self.adata_manager
         registry = manager.data_registry
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        totals = np.asarray(X.sum(1)).ravel()
+        totals = row_sums(X)
         if REGISTRY_KEYS.SIZE_FACTOR_KEY in registry:
             totals = np.asarray(manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR_KEY)).ravel()
         self.train_library_ = np.maximum(totals, 1.0).astype(np.float64)

@@ -2,14 +2,16 @@
 
 from ._conditions import ConditionSchema
 from ._generation import GenerativeMixin, transform_expression
-from ._io import LoadMixin
-from ._training import GenviTrainingPlan, default_kl_warmup
+from ._io import LoadMixin, ModelFileError
+from ._training import GenviTrainingPlan, NonFiniteLossError, default_kl_warmup
 
 __all__ = [
     "ConditionSchema",
     "GenerativeMixin",
     "GenviTrainingPlan",
     "LoadMixin",
+    "ModelFileError",
+    "NonFiniteLossError",
     "default_kl_warmup",
     "transform_expression",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -14,9 +15,10 @@ from scvi import REGISTRY_KEYS
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from genvi._validation import check_genes
+from genvi._validation import check_genes, row_sums
 from genvi.model.base._conditions import Conditions, ConditionSchema
 from genvi.model.base._reference import draw_reference_cells
+from genvi.model.base._streaming import read_backed, write_h5ad_stream
 
 
 @contextlib.contextmanager
@@ -88,19 +90,18 @@ class GenerativeMixin:
                 stacklevel=3,
             )
 
-    @torch.inference_mode()
-    def _simulate_cells(
+    def _prepare_cells(
         self,
         specs: list[dict],
         n_cells: Sequence[int],
         library_size: float | np.ndarray | None,
         batch: str | None,
         rng: np.random.Generator,
-        batch_size: int,
-        sample_kwargs: dict | None = None,
-        progress: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Sample latents, library sizes and observations for each spec; arrays on the CPU."""
+        """Per generated cell: condition codes, reference cell, library size and batch.
+
+        Small arrays (a few numbers per cell): computed up front even for streamed cohorts.
+        """
         cat, cont, keep = self._schema.encode(specs)
         self._check_conditional_dropout(keep)
         n_cat = cat.shape[1]
@@ -116,31 +117,68 @@ class GenerativeMixin:
             lib = np.broadcast_to(np.asarray(library_size, dtype=np.float64), rows.shape)
             if np.any(lib <= 0) or not np.all(np.isfinite(lib)):
                 raise ValueError("library_size must be positive and finite.")
-        log_lib = np.log(lib).astype(np.float32)
         batch_code = self._batch_code(batch)
         batch_idx = self.train_batch_[ref] if batch_code is None else np.full(len(rows), batch_code)
+        return {
+            "cat": cat,
+            "cont": cont,
+            "keep": keep,
+            "rows": rows,
+            "ref": ref,
+            "library": np.asarray(lib, dtype=np.float64),
+            "log_library": np.log(lib).astype(np.float32),
+            "batch": batch_idx,
+        }
+
+    def _iter_cells(
+        self,
+        prep: dict[str, np.ndarray],
+        batch_size: int,
+        sample_kwargs: dict | None = None,
+        progress: bool = False,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(counts, latents)`` for ``batch_size`` cells at a time, on the CPU."""
+        rows, cat, cont, keep = prep["rows"], prep["cat"], prep["cont"], prep["keep"]
         dev = self.module.device
-        xs, zs = [], []
         starts = range(0, len(rows), batch_size)
         for start in tqdm(starts, disable=not progress or len(starts) < 2, desc="generating"):
             sl = slice(start, start + batch_size)
             r = rows[sl]
-            c = self._condition_tensors(cat[r], cont[r], keep[r])
-            z = self._sample_latent(c, **(sample_kwargs or {}))
-            px = self._decode_reference(
-                z,
-                c,
-                torch.as_tensor(log_lib[sl], device=dev).unsqueeze(-1),
-                torch.as_tensor(batch_idx[sl], device=dev).unsqueeze(-1),
-                ref[sl],
-            )
-            xs.append(px.sample().cpu().numpy())
-            zs.append(z.cpu().numpy())
+            with torch.inference_mode():
+                c = self._condition_tensors(cat[r], cont[r], keep[r])
+                z = self._sample_latent(c, **(sample_kwargs or {}))
+                px = self._decode_reference(
+                    z,
+                    c,
+                    torch.as_tensor(prep["log_library"][sl], device=dev).unsqueeze(-1),
+                    torch.as_tensor(prep["batch"][sl], device=dev).unsqueeze(-1),
+                    prep["ref"][sl],
+                )
+                x = px.sample().cpu().numpy().astype(np.float32, copy=False)
+            yield x, z.cpu().numpy()
+
+    def _simulate_cells(
+        self,
+        specs: list[dict],
+        n_cells: Sequence[int],
+        library_size: float | np.ndarray | None,
+        batch: str | None,
+        rng: np.random.Generator,
+        batch_size: int,
+        sample_kwargs: dict | None = None,
+        progress: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Sample latents, library sizes and observations for each spec; arrays on the CPU."""
+        prep = self._prepare_cells(specs, n_cells, library_size, batch, rng)
+        xs, zs = [], []
+        for x, z in self._iter_cells(prep, batch_size, sample_kwargs, progress):
+            xs.append(x)
+            zs.append(z)
         return {
             "x": np.concatenate(xs).astype(np.float32),
             "z": np.concatenate(zs),
-            "library": np.asarray(lib, dtype=np.float64),
-            "batch": batch_idx,
+            "library": prep["library"],
+            "batch": prep["batch"],
         }
 
     @staticmethod
@@ -162,6 +200,7 @@ class GenerativeMixin:
         batch: str | None = None,
         seed: int | None = None,
         batch_size: int = 1024,
+        out: str | os.PathLike | None = None,
     ) -> AnnData:
         """Sample new cells from p(x | c).
 
@@ -184,15 +223,30 @@ class GenerativeMixin:
             Random seed; the same seed gives the same cells.
         batch_size
             Cells decoded per forward pass.
+        out
+            Path of an ``.h5ad`` file to stream the cells to (see Notes). By default the
+            cells are returned in memory.
 
         Returns
         -------
         AnnData with sampled counts in ``X`` (CSR, float32 holding integers; real values for
         ``gene_likelihood="normal"``), the conditions in ``obs`` as categoricals with the
         training categories, ``obs["library_size"]``, latents in
-        ``obsm["X_genvi_latent"]`` and run metadata in ``uns["genvi"]``.
+        ``obsm["X_genvi_latent"]`` and run metadata in ``uns["genvi"]``. With ``out``, the
+        same AnnData opened read-only in backed mode from ``out`` (``X`` stays on disk; call
+        ``.to_memory()`` to load it).
+
+        Notes
+        -----
+        Memory. In memory, a cohort costs its dense count chunks while decoding plus the
+        final CSR matrix (~8 bytes per non-zero count). With ``out=...`` each decoded batch
+        is appended to the file's on-disk CSR matrix (anndata's sparse ``append``, in
+        writes of ~16k cells), so memory stays flat in ``n_cells``: one write chunk plus
+        ``obs`` and a few numbers per cell (~50 bytes). The file is written under a
+        temporary name and renamed when complete. The same ``seed`` gives the same cells
+        either way.
         """
-        return self._generate(conditions, n_cells, library_size, batch, seed, batch_size)
+        return self._generate(conditions, n_cells, library_size, batch, seed, batch_size, out=out)
 
     def _generate(
         self,
@@ -205,14 +259,43 @@ class GenerativeMixin:
         sample_kwargs: dict | None = None,
         metadata: dict | None = None,
         progress: bool = False,
+        out: str | os.PathLike | None = None,
     ) -> AnnData:
         specs = self._schema.parse(conditions)
         counts = self._n_cells_per_spec(n_cells, len(specs))
+        if out is not None:
+            out = _check_out_path(out)
         self.module.eval()
+        uns = self._run_metadata(
+            method="generate",
+            seed=seed,
+            library_size="given" if library_size is not None else "training cells of condition",
+            **(metadata or {}),
+        )
+        var = pd.DataFrame(index=pd.Index(self.var_names_, dtype=str))
         with seeded(seed, self.module.device) as rng:
-            out = self._simulate_cells(
+            if out is not None:
+                prep = self._prepare_cells(specs, counts, library_size, batch, rng)
+                obs = self._generated_obs(specs, counts, prep)
+                write_h5ad_stream(
+                    out,
+                    obs,
+                    var,
+                    {"genvi": uns},
+                    self._iter_cells(prep, batch_size, sample_kwargs, progress),
+                )
+                return read_backed(out)
+            sim = self._simulate_cells(
                 specs, counts, library_size, batch, rng, batch_size, sample_kwargs, progress
             )
+        adata = AnnData(
+            X=sparse.csr_matrix(sim["x"]), obs=self._generated_obs(specs, counts, sim), var=var
+        )
+        adata.obsm["X_genvi_latent"] = sim["z"]
+        adata.uns["genvi"] = uns
+        return adata
+
+    def _generated_obs(self, specs: list[dict], counts: list[int], out: dict) -> pd.DataFrame:
         obs = self._schema.to_obs(specs, counts)
         if self.batch_key_ is not None:
             obs[self.batch_key_] = pd.Categorical(
@@ -223,19 +306,7 @@ class GenerativeMixin:
             np.repeat([self._schema.label(s) for s in specs], counts)
         )
         obs.index = [f"gen_{i}" for i in range(len(obs))]
-        adata = AnnData(
-            X=sparse.csr_matrix(out["x"]),
-            obs=obs,
-            var=pd.DataFrame(index=pd.Index(self.var_names_, dtype=str)),
-        )
-        adata.obsm["X_genvi_latent"] = out["z"]
-        adata.uns["genvi"] = self._run_metadata(
-            method="generate",
-            seed=seed,
-            library_size="given" if library_size is not None else "training cells of condition",
-            **(metadata or {}),
-        )
-        return adata
+        return obs
 
     def _run_metadata(self, **extra) -> dict:
         import genvi
@@ -395,7 +466,7 @@ class GenerativeMixin:
             return -ll / len(self.var_names_)
         adata = self._validate_anndata(adata)
         X = self.get_anndata_manager(adata, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
-        totals = np.asarray(X.sum(1)).ravel()
+        totals = row_sums(X)
         if indices is not None:
             totals = totals[np.asarray(indices)]
         return -ll / np.maximum(totals, 1.0)
@@ -512,6 +583,16 @@ class GenerativeMixin:
             check_genes(adata, self.var_names_)
             self._schema.check_obs(adata.obs)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
+
+def _check_out_path(out: str | os.PathLike) -> str:
+    out = os.fspath(out)
+    if not out.endswith(".h5ad"):
+        raise ValueError(f"out must be a path ending in .h5ad, got {out!r}.")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ValueError(f"The folder of out ({parent}) does not exist; create it first.")
+    return out
 
 
 def transform_expression(x: np.ndarray, transform: str, target_sum: float = 1e4) -> np.ndarray:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import pickle
-import zipfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,17 +21,24 @@ from scvi.data.fields import (
     LayerField,
     NumericalJointObsField,
 )
-from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass
-from scvi.model.base._save_load import _load_saved_files
 from scvi.train import TrainRunner
 from torch.distributions import Distribution
 
 from genvi._constants import GENVI_REGISTRY_KEYS
-from genvi._validation import check_finite, check_genes, check_obs_keys, get_matrix
+from genvi._validation import check_finite, check_genes, check_obs_keys, get_matrix, row_sums
 from genvi.model.base._base_models import SUPPORTED_BASES, make_adapter
 from genvi.model.base._conditions import Conditions, ConditionSchema
 from genvi.model.base._generation import GenerativeMixin, seeded
+from genvi.model.base._io import (
+    MODEL_FILENAME,
+    ModelFileError,
+    check_payload,
+    model_from_payload,
+    model_payload,
+    read_model_file,
+    save_model,
+)
 from genvi.model.base._latent_data import LatentDataModule
 from genvi.model.base._training import GenviTrainingPlan
 from genvi.module._latent_prior import ConditionInputs
@@ -159,7 +164,7 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
     def _library_sizes(self, adata: AnnData | None = None) -> np.ndarray:
         manager = self.get_anndata_manager(adata or self.adata, required=True)
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        return np.maximum(np.asarray(X.sum(1)).ravel(), 1.0).astype(np.float64)
+        return np.maximum(row_sums(X), 1.0)
 
     def _store_training_reference(self) -> None:
         """Library sizes, condition codes and base-decoder nuisance inputs of training cells."""
@@ -495,10 +500,12 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
+        # imported here (model <-> base cycle); deleted so it stays out of the saved setup args
         from genvi.model._priorvi import _as_list
 
         condition_keys = _as_list(condition_keys, "condition_keys")
         continuous_condition_keys = _as_list(continuous_condition_keys, "continuous_condition_keys")
+        del _as_list
         check_obs_keys(adata, condition_keys, continuous_condition_keys, batch_key, None)
         check_finite(get_matrix(adata, layer))
         setup_method_args = cls._get_setup_method_args(**locals())
@@ -519,14 +526,31 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         prefix: str | None = None,
         overwrite: bool = False,
         save_anndata: bool = False,
-        **kwargs,
+        **anndata_write_kwargs,
     ) -> None:
-        """Save the prior and, in ``dir_path/base``, the base model it decodes with."""
-        super().save(
-            dir_path, prefix=prefix, overwrite=overwrite, save_anndata=save_anndata, **kwargs
-        )
-        self.base_model.save(
-            os.path.join(os.fspath(dir_path), f"{prefix or ''}base"), overwrite=True
+        """Save the prior together with the base model it decodes with, in one file.
+
+        ``dir_path/{prefix}model.pt`` holds the prior and, under ``base_model``, the base
+        model in the same safe format (see :mod:`genvi.model.base._io`): the pair is written
+        atomically, so an interrupted save keeps the previous pair.
+
+        Parameters
+        ----------
+        dir_path
+            Folder (created if missing).
+        prefix
+            File name prefix.
+        overwrite
+            Replace an existing model file of the same name.
+        save_anndata
+            Also write the registered AnnData to ``{prefix}adata.h5ad``.
+        **anndata_write_kwargs
+            Passed to :meth:`anndata.AnnData.write_h5ad`.
+        """
+        payload = model_payload(self)
+        payload["base_model"] = model_payload(self.base_model)
+        save_model(
+            self, dir_path, prefix, overwrite, save_anndata, payload=payload, **anndata_write_kwargs
         )
 
     @classmethod
@@ -548,67 +572,51 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         adata
             AnnData with the model's genes and condition columns (required).
         base_model
-            The trained base model; by default the copy saved in ``dir_path/base``. A base
-            model other than the one the prior was trained on is refused.
+            The trained base model; by default the copy saved with the prior. A base model
+            other than the one the prior was trained on is refused.
         accelerator, device
             Where to put the models.
         prefix
             File name prefix used when saving.
         """
-        dir_path = os.fspath(dir_path)
-        path = os.path.join(dir_path, f"{prefix or ''}model.pt")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"No saved model at {path}; pass the folder given to save().")
+        path = os.path.join(os.fspath(dir_path), f"{prefix or ''}{MODEL_FILENAME}")
+        payload = read_model_file(path)
         if adata is None:
             raise ValueError(
                 f"{cls.__name__}.load needs adata= (cells with the model's genes and condition "
                 "columns)."
             )
-        try:
-            attr_dict, var_names, state, _ = _load_saved_files(
-                dir_path, load_adata=False, prefix=prefix, map_location="cpu"
-            )
-        except (
-            pickle.UnpicklingError,
-            zipfile.BadZipFile,
-            EOFError,
-            RuntimeError,
-            KeyError,
-        ) as err:
-            raise ValueError(
-                f"The model file {path} is corrupt or truncated and could not be read ({err}). "
-                "Save the model again from a trained instance."
-            ) from err
-        check_genes(adata, np.asarray(var_names, dtype=str))
+        attrs = payload["decoded"]["attributes"]
+        check_genes(adata, np.asarray(payload["decoded"]["var_names"], dtype=str))
         if base_model is None:
-            base_dir = os.path.join(dir_path, f"{prefix or ''}base")
-            if not os.path.exists(os.path.join(base_dir, "model.pt")):
-                raise FileNotFoundError(
-                    f"No base model saved at {base_dir}; pass the trained base model as "
-                    "base_model=."
+            if "base_model" not in payload:
+                raise ModelFileError(
+                    f"{path} holds no base model; pass the trained base model as base_model=."
                 )
-            base_model = _import_base(attr_dict["base_class_"]).load(
-                base_dir, adata=adata, accelerator=accelerator, device=device
+            base_payload = check_payload(payload["base_model"], path)
+            base_model = model_from_payload(
+                _import_base(attrs["base_class_"]),
+                base_payload,
+                adata,
+                accelerator,
+                device,
+                path=f"{path} (base model)",
             )
         fingerprint = make_adapter(base_model).fingerprint()
-        if fingerprint != attr_dict["base_fingerprint_"]:
+        if fingerprint != attrs["base_fingerprint_"]:
             raise ValueError(
                 f"base_model is not the model this {cls.__name__} was trained on (its weights "
                 "differ). Pass the same trained base model, or retrain the prior on this one."
             )
-        registry = attr_dict.pop("registry_")
-        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-        init = attr_dict.pop("init_params_")
-        kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
-        model = cls(adata, base_model=base_model, **init["non_kwargs"], **kwargs)
-        for attr, val in attr_dict.items():
-            setattr(model, attr, val)
-        state.pop("pyro_param_store", None)  # scvi-tools stores it; nothing pyro here
-        model.module.load_state_dict(state)
-        _, _, torch_device = parse_device_args(accelerator, device, return_device="torch")
-        model.to_device(torch_device)
-        model.module.eval()
-        return model
+        return model_from_payload(
+            cls,
+            payload,
+            adata,
+            accelerator,
+            device,
+            init_extra={"base_model": base_model},
+            path=path,
+        )
 
 
 def _rows(a: np.ndarray | None, sl: slice) -> np.ndarray | None:

@@ -1,0 +1,324 @@
+"""Latent diffusion / flow-matching priors on trained scVI and PriorVI models (issue #4).
+
+BENCHMARKS.md "Generation quality" protocol: split 80/20 stratified by the condition, train on
+80%, generate as many cells per condition as were held out (conditions with >= 30 held-out
+cells), compare with the real held-out cells (:func:`genvi.metrics.compare_conditions`: energy
+distance, MMD², C2ST AUROC, mean / variance agreement, each with its real-vs-real noise floor;
+normalised scores use scVI-with-condition-covariates as the baseline).
+
+Methods, same split:
+
+1. Base models: ``scvi.model.SCVI`` *without* conditions (a user's plain scVI model) and
+   ``PriorVI`` (conditional Gaussian prior).
+2. ``LatentDiffusion`` and ``LatentFlow`` on each base (4 rows), default settings.
+3. Baselines: PriorVI itself; scVI with the condition as a decoder covariate and z ~ N(0, I);
+   resampled training cells (fidelity bound); the noise floor.
+
+Also: sampling throughput of both latent priors on the scVI base for n_steps in
+{1, 5, 10, 20, 50, 100} (cells/s with counts decoded) and its ratio to one VAE decode pass
+(z ~ N(0, I) through the same decoder); a guidance sweep (energy distance and the accuracy of
+a classifier that predicts the requested condition from the generated cells). Run from the
+repository root::
+
+    python benchmarks/latent_priors.py --quick
+    python benchmarks/latent_priors.py --threads 1          # pbmc3k
+    python benchmarks/latent_priors.py --dataset kang --max-epochs 40 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    add_common_args,
+    load_dataset,
+    machine_info,
+    markdown_table,
+    quiet,
+    stratified_split,
+    timed,
+    write_json,
+)
+from generation import (  # noqa: E402
+    BATCH_SIZE,
+    DATASETS,
+    FLOOR_NAMES,
+    MIN_CELLS,
+    TABLE_METRICS,
+    condition_labels,
+    generate_priorvi,
+    generate_scvi,
+    resample_training,
+    train_priorvi,
+    train_scvi,
+)
+
+DEFAULT_EPOCHS = 100
+QUICK_EPOCHS = 10
+STEPS = [1, 5, 10, 20, 50, 100]
+GUIDANCE = [0.0, 0.5, 1.0, 2.0, 4.0]
+METHODS = {
+    "scvi_diffusion": "LatentDiffusion on scVI (no conditions)",
+    "scvi_flow": "LatentFlow on scVI (no conditions)",
+    "priorvi_diffusion": "LatentDiffusion on PriorVI",
+    "priorvi_flow": "LatentFlow on PriorVI",
+    "priorvi": "PriorVI (conditional Gaussian prior)",
+    "scvi_cond": "scVI (N(0, I), condition in decoder)",
+    "resample": "Resampled training cells",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser, DEFAULT_EPOCHS)
+    parser.add_argument("--dataset", default="pbmc3k", choices=sorted(DATASETS))
+    parser.add_argument(
+        "--latent-epochs",
+        type=int,
+        default=None,
+        help="epochs of the latent priors (default: the models' own, ~10,000 steps)",
+    )
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="smoke run: few epochs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_epochs = min(args.max_epochs, QUICK_EPOCHS)
+        args.latent_epochs = QUICK_EPOCHS
+    if args.out is None:
+        args.out = (
+            RESULTS_DIR / f"latent_priors_{args.dataset}{'_quick' if args.quick else ''}.json"
+        )
+    return args
+
+
+def train_plain_scvi(train: ad.AnnData, max_epochs: int, seed: int) -> tuple[Any, float]:
+    """The user's scVI model: no conditions, KL warm-up as PriorVI's."""
+    import scvi
+
+    from genvi.model.base import default_kl_warmup
+
+    adata = train.copy()
+    scvi.settings.seed = seed
+    scvi.model.SCVI.setup_anndata(adata)
+    model = scvi.model.SCVI(adata)
+    plan = {"n_epochs_kl_warmup": default_kl_warmup(max_epochs)}
+    _, seconds = timed(
+        lambda: model.train(
+            max_epochs=max_epochs,
+            batch_size=BATCH_SIZE,
+            enable_progress_bar=False,
+            plan_kwargs=plan,
+        )
+    )
+    return model, seconds
+
+
+def train_latent(cls, base, keys, epochs, seed) -> tuple[Any, float]:
+    """A latent prior on ``base``'s own AnnData."""
+    import scvi
+
+    scvi.settings.seed = seed
+    model = cls.from_model(base, condition_keys=keys)
+    _, seconds = timed(lambda: model.train(max_epochs=epochs, enable_progress_bar=False))
+    return model, seconds
+
+
+def generate(model, keys, n_cells, seed, **kwargs) -> ad.AnnData:
+    specs = [dict(zip(keys, c, strict=True)) for c in n_cells]
+    return model.generate(specs, n_cells=list(n_cells.values()), seed=seed, **kwargs)
+
+
+def decode_pass_seconds(model, n: int, seed: int) -> float:
+    """One VAE decode pass: z ~ N(0, I) through the base decoder, counts sampled."""
+    import torch
+
+    adapter = model._adapter
+    ref = np.random.default_rng(seed).integers(0, len(model.train_library_), n)
+    inputs = model._reference_inputs(ref)
+    lib = torch.as_tensor(np.log(model.train_library_[ref]), dtype=torch.float32).unsqueeze(-1)
+    start = time.perf_counter()
+    with torch.no_grad():
+        z = torch.randn(n, adapter.n_latent)
+        model._decode_with_inputs(z, lib, inputs).sample().cpu()
+    return time.perf_counter() - start
+
+
+def throughput(model, keys, n_cells, seed, n: int = 2000) -> list[dict[str, float]]:
+    """Cells/s of ``generate`` (counts decoded) per n_steps, vs one decode pass."""
+    conds = list(n_cells)
+    share = {c: n // len(conds) for c in conds}
+    decode = decode_pass_seconds(model, sum(share.values()), seed)
+    rows = []
+    for steps in STEPS:
+        _, seconds = timed(lambda s=steps: generate(model, keys, share, seed, n_steps=s))
+        rows.append(
+            {
+                "n_steps": steps,
+                "seconds": seconds,
+                "cells_per_s": sum(share.values()) / seconds,
+                "ratio_to_decode_pass": seconds / decode,
+                "decode_pass_seconds": decode,
+            }
+        )
+    return rows
+
+
+def guidance_sweep(model, keys, n_cells, seed, test, space) -> list[dict[str, float]]:
+    """Energy distance and condition-classifier accuracy of generated cells per weight."""
+    from sklearn.linear_model import LogisticRegression
+
+    import genvi
+
+    labels = condition_labels(model.adata.obs, keys)
+    clf = LogisticRegression(max_iter=3000).fit(space.transform(model.adata), labels)
+    rows = []
+    for w in GUIDANCE:
+        syn = generate(model, keys, n_cells, seed, guidance=w)
+        acc = float((clf.predict(space.transform(syn)) == condition_labels(syn.obs, keys)).mean())
+        df = genvi.metrics.compare_conditions(
+            test, syn, keys, space, min_cells=MIN_CELLS, seed=seed
+        )
+        rows.append({"guidance": w, "energy": float(df["energy"].mean()), "accuracy": acc})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the tables and write the JSON."""
+    args = parse_args(argv)
+    dataset, keys = DATASETS[args.dataset]
+    adata = load_dataset(args.data_dir, dataset)
+
+    import scvi
+    import torch
+
+    import genvi
+    from genvi.model import LatentDiffusion, LatentFlow
+
+    quiet()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    scvi.settings.seed = args.seed
+    for key in keys:
+        adata.obs[key] = adata.obs[key].astype(str).astype("category")
+    labels = condition_labels(adata.obs, keys)
+    train_idx, test_idx = stratified_split(labels, test_size=0.2, seed=args.seed)
+    train, test = adata[train_idx].copy(), adata[test_idx].copy()
+    held_out = condition_labels(test.obs, keys).value_counts().sort_index()
+    n_cells = {tuple(str(c).split(" | ")): int(n) for c, n in held_out.items() if n >= MIN_CELLS}
+    print(
+        f"{dataset}: train {train.n_obs}, test {test.n_obs}, {len(n_cells)} conditions", flush=True
+    )
+    space = genvi.metrics.ReferenceSpace.fit(train, n_top_genes=2000, n_comps=50, seed=args.seed)
+
+    synthetic, timings, models = {}, {}, {}
+    print("training base models...", flush=True)
+    base_scvi, timings["base_scvi"] = train_plain_scvi(train, args.max_epochs, args.seed)
+    base_pvi, timings["priorvi"] = train_priorvi(train, keys, args.max_epochs, args.seed)
+    synthetic["priorvi"] = generate_priorvi(base_pvi, keys, n_cells, args.seed)
+    scvi_cond, timings["scvi_cond"] = train_scvi(train, keys, args.max_epochs, args.seed, "nb")
+    synthetic["scvi_cond"] = generate_scvi(scvi_cond, keys, n_cells, args.seed)
+    synthetic["resample"] = resample_training(train, keys, n_cells, args.seed)
+    for base_name, base in (("scvi", base_scvi), ("priorvi", base_pvi)):
+        for prior_name, cls in (("diffusion", LatentDiffusion), ("flow", LatentFlow)):
+            key = f"{base_name}_{prior_name}"
+            print(f"training {METHODS[key]}...", flush=True)
+            models[key], timings[key] = train_latent(cls, base, keys, args.latent_epochs, args.seed)
+            synthetic[key] = generate(models[key], keys, n_cells, args.seed)
+
+    summaries, tables = {}, {}
+    for key, syn in synthetic.items():
+        df = genvi.metrics.compare_conditions(
+            test,
+            syn,
+            keys,
+            space,
+            min_cells=MIN_CELLS,
+            seed=args.seed,
+            baseline=synthetic["scvi_cond"],
+        )
+        tables[key], summaries[key] = df, genvi.metrics.summarize(df)
+
+    print("throughput and guidance...", flush=True)
+    speed = {
+        k: throughput(models[k], keys, n_cells, args.seed) for k in ("scvi_diffusion", "scvi_flow")
+    }
+    sweep = {
+        k: guidance_sweep(models[k], keys, n_cells, args.seed, test, space)
+        for k in ("scvi_diffusion", "scvi_flow")
+    }
+
+    header = ["method"] + [name for _, name in TABLE_METRICS]
+    rows = [
+        [METHODS[k]] + [s.get(c, np.nan) for c, _ in TABLE_METRICS] for k, s in summaries.items()
+    ]
+    floor = summaries["scvi_cond"]
+    rows.append(
+        ["Noise floor (real vs real halves)"]
+        + [
+            floor.get(FLOOR_NAMES.get(c, ""), 0.0 if c.endswith("_score") else np.nan)
+            for c, _ in TABLE_METRICS
+        ]
+    )
+    machine = machine_info()
+    print(
+        f"\n## Generation quality: {dataset} by {' x '.join(keys)} (scores: 0 = floor, 1 = scVI)\n"
+    )
+    print(markdown_table(header, rows))
+    print("\n## Sampling throughput (2,000 cells, counts decoded)\n")
+    srows = [
+        [METHODS[k], r["n_steps"], r["cells_per_s"], r["ratio_to_decode_pass"]]
+        for k, rs in speed.items()
+        for r in rs
+    ]
+    print(markdown_table(["method", "n_steps", "cells / s", "time / one decode pass"], srows))
+    print("\n## Guidance sweep (one weight for all keys)\n")
+    grows = [
+        [METHODS[k], r["guidance"], r["energy"], r["accuracy"]]
+        for k, rs in sweep.items()
+        for r in rs
+    ]
+    print(markdown_table(["method", "guidance", "energy", "condition accuracy"], grows))
+    print("\n## Training time\n")
+    trows = [[k, v] for k, v in timings.items()]
+    print(markdown_table(["model", "train s"], trows))
+    print(f"\nMachine: {machine}")
+    payload = {
+        "benchmark": "latent_priors",
+        "dataset": dataset,
+        "condition_keys": keys,
+        "settings": {
+            "max_epochs": args.max_epochs,
+            "latent_epochs": args.latent_epochs or "model default (~10,000 steps)",
+            "seed": args.seed,
+            "torch_threads": args.threads,
+            "n_train": train.n_obs,
+            "n_test": test.n_obs,
+            "generated_cells": {" | ".join(k): v for k, v in n_cells.items()},
+            "generation": "defaults: LatentDiffusion dpm++ 25 steps, LatentFlow heun 20 steps",
+        },
+        "methods": {k: METHODS[k] for k in synthetic},
+        "summaries": summaries,
+        "per_condition": tables,
+        "throughput": speed,
+        "guidance_sweep": sweep,
+        "train_seconds": timings,
+        "machine": machine,
+    }
+    path = write_json(payload, args.out)
+    print(f"\nwrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Scale: seconds per epoch and peak memory vs number of cells; streaming generation memory.
+
+For each size (default 10k, 100k, 1M simulated cells x 2,000 genes, CSR in memory) this
+trains ``genvi.model.PriorVI`` and ``scvi.model.SCVI`` (same batch size, same network size)
+each in a **fresh subprocess**, so peak RSS (``VmHWM`` of that process) covers exactly one
+configuration: reading the data, model set-up and training. Training is timed over a capped
+number of minibatches per epoch (``--max-batches``) and the seconds per full epoch are
+**extrapolated** as ``mean seconds per minibatch x minibatches per epoch`` (the first
+minibatch, with one-off set-up, is excluded). Then it compares the peak RSS of generating
+``--stream-cells`` (1M) cells streamed to an ``.h5ad`` (``generate(out=...)``) with generating
+``--memory-cells`` (100k) cells in memory, both from a PriorVI trained on the smallest size.
+With a GPU, every configuration also runs on it and the table gives cells/s per epoch and
+generation cells/s with the device name.
+
+Data: a fast dedicated simulator (NB-like Poisson-Gamma counts with cell-type programmes,
+~600 counts per cell, ~20% non-zero) written once per size to ``--work-dir``;
+``genvi.data.simulate`` draws every gene of every cell through its full generative model and
+is much slower at 1M cells.
+
+Run: ``python benchmarks/scale.py --threads 1`` (writes ``benchmarks/results/scale.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    add_common_args,
+    machine_info,
+    markdown_table,
+    quiet,
+    write_json,
+)
+
+N_GENES = 2000
+BATCH_SIZE = 128
+
+
+# ---------------------------------------------------------------------- helpers (workers)
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (``VmHWM``), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def simulate_counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0):
+    """Sparse NB-like counts with 8 cell types; returns a CSR AnnData (fast at 1M cells)."""
+    import anndata as ad
+    import pandas as pd
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    n_types = 8
+    base = rng.gamma(0.3, 1.0, n_genes)
+    programmes = base * np.exp(rng.normal(0, 1.0, (n_types, n_genes)))
+    programmes /= programmes.sum(1, keepdims=True)
+    types = rng.integers(0, n_types, n_cells)
+    blocks = []
+    for start in range(0, n_cells, 20_000):
+        t = types[start : start + 20_000]
+        lib = rng.lognormal(np.log(600), 0.4, len(t))[:, None]
+        rate = programmes[t] * lib * rng.gamma(4.0, 0.25, (len(t), n_genes))
+        blocks.append(sparse.csr_matrix(rng.poisson(rate).astype(np.float32)))
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical([f"type_{i}" for i in types]),
+            "batch": pd.Categorical(rng.choice(["b0", "b1"], n_cells)),
+        },
+        index=[f"c{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(index=[f"g{i}" for i in range(n_genes)])
+    return ad.AnnData(sparse.vstack(blocks, format="csr"), obs=obs, var=var)
+
+
+class _BatchTimer:
+    """Lightning callback recording the wall time of every training minibatch."""
+
+    def __new__(cls):
+        from lightning.pytorch.callbacks import Callback
+
+        class Timer(Callback):
+            def __init__(self):
+                self.times: list[float] = []
+                self.n_batches_epoch: int | None = None
+
+            def on_train_batch_start(self, trainer, *args):
+                self._t = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, *args):
+                self.times.append(time.perf_counter() - self._t)
+
+        return Timer()
+
+
+def worker(cfg: dict) -> dict:
+    """Run one configuration in this (fresh) process and return its measurements."""
+    import anndata as ad
+    import scvi
+    import torch
+
+    import genvi
+
+    quiet()
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    scvi.settings.seed = cfg.get("seed", 0)
+    accel = cfg.get("accelerator", "cpu")
+    out: dict = {"config": cfg}
+    if cfg["task"] == "data":
+        t0 = time.perf_counter()
+        adata = simulate_counts(cfg["n_cells"], seed=cfg.get("seed", 0))
+        adata.write_h5ad(cfg["path"])
+        out.update(seconds=time.perf_counter() - t0, nnz_per_cell=adata.X.nnz / adata.n_obs)
+    elif cfg["task"] == "train":
+        t0 = time.perf_counter()
+        adata = ad.read_h5ad(cfg["path"])
+        load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if cfg["model"] == "PriorVI":
+            genvi.model.PriorVI.setup_anndata(
+                adata, condition_keys=["cell_type"], batch_key="batch"
+            )
+            model = genvi.model.PriorVI(adata, n_latent=10, n_hidden=128)
+        else:
+            scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
+            model = scvi.model.SCVI(adata, n_latent=10, n_hidden=128)
+        setup_s = time.perf_counter() - t0
+        timer = _BatchTimer()
+        n_train = int(round(0.9 * adata.n_obs))
+        batches_per_epoch = int(np.ceil(n_train / BATCH_SIZE))
+        model.train(
+            max_epochs=cfg["epochs"],
+            batch_size=BATCH_SIZE,
+            accelerator=accel,
+            devices=1,
+            limit_train_batches=min(cfg["max_batches"], batches_per_epoch),
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            callbacks=[timer],
+            early_stopping=False,
+        )
+        times = np.asarray(timer.times[1:] if len(timer.times) > 1 else timer.times)
+        sec_batch = float(np.median(times))
+        out.update(
+            load_s=load_s,
+            setup_s=setup_s,
+            timed_batches=len(times),
+            batches_per_epoch=batches_per_epoch,
+            sec_per_batch=sec_batch,
+            sec_per_epoch=sec_batch * batches_per_epoch,
+            cells_per_s=BATCH_SIZE / sec_batch,
+            extrapolated=len(timer.times) < batches_per_epoch * cfg["epochs"],
+        )
+        if cfg.get("save"):
+            model.save(cfg["save"], overwrite=True)
+    elif cfg["task"] in ("generate_stream", "generate_memory"):
+        adata = ad.read_h5ad(cfg["path"])
+        model = genvi.model.PriorVI.load(cfg["model_dir"], adata=adata, accelerator=accel)
+        del adata
+        rss_before = peak_rss_mb()
+        t0 = time.perf_counter()
+        conds = [{"cell_type": f"type_{i}"} for i in range(8)]
+        n = [cfg["n_cells"] // 8] * 8
+        if cfg["task"] == "generate_stream":
+            gen = model.generate(conds, n, seed=0, batch_size=4096, out=cfg["out"])
+            size_mb = os.path.getsize(cfg["out"]) / 1e6
+        else:
+            gen = model.generate(conds, n, seed=0, batch_size=4096)
+            size_mb = gen.X.data.nbytes / 1e6
+        secs = time.perf_counter() - t0
+        out.update(
+            n_generated=gen.n_obs,
+            seconds=secs,
+            cells_per_s=gen.n_obs / secs,
+            rss_before_generate_mb=rss_before,
+            output_mb=size_mb,
+        )
+        if cfg["task"] == "generate_stream":
+            os.remove(cfg["out"])
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def run_worker(cfg: dict) -> dict:
+    """Run :func:`worker` in a fresh Python process; its peak RSS is its own."""
+    cmd = [sys.executable, "-u", __file__, "--worker", json.dumps(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-2000:]
+        return {"config": cfg, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+# ---------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, default_epochs=1)
+    parser.add_argument("--epochs", dest="max_epochs", type=int, help="alias of --max-epochs")
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="cells per dataset")
+    parser.add_argument("--max-batches", type=int, default=40, help="minibatches timed per epoch")
+    parser.add_argument("--stream-cells", type=int, default=1_000_000)
+    parser.add_argument("--memory-cells", type=int, default=100_000)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/genvi_scale"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return
+
+    import torch
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    accelerators = ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
+    device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    common = {"threads": args.threads, "seed": args.seed, "epochs": args.max_epochs}
+    results: dict = {"machine": machine_info(), "gpu": device_name, "train": [], "generate": []}
+    rows = []
+    model_dir = str(args.work_dir / "priorvi_small")
+    for n in sizes:
+        path = str(args.work_dir / f"sim_{n}.h5ad")
+        if not os.path.exists(path):
+            res = run_worker({**common, "task": "data", "n_cells": n, "path": path})
+            print(f"data {n}: {res.get('seconds', res.get('error'))}", flush=True)
+        for accel in accelerators:
+            for model in ("PriorVI", "SCVI"):
+                cfg = {
+                    **common,
+                    "task": "train",
+                    "model": model,
+                    "n_cells": n,
+                    "path": path,
+                    "accelerator": accel,
+                    "max_batches": args.max_batches,
+                    "save": model_dir if (n == sizes[0] and model == "PriorVI") else None,
+                }
+                res = run_worker(cfg)
+                results["train"].append(res)
+                if "error" in res:
+                    print(f"{model} {n} {accel}: ERROR {res['error']}", flush=True)
+                    continue
+                dev = device_name if accel == "gpu" else f"cpu x{args.threads or 'auto'}"
+                rows.append(
+                    [
+                        model,
+                        f"{n:,}",
+                        dev,
+                        res["sec_per_epoch"],
+                        res["cells_per_s"],
+                        res["peak_rss_mb"],
+                        f"{res['timed_batches']}/{res['batches_per_epoch']}",
+                        res["load_s"] + res["setup_s"],
+                    ]
+                )
+                print(rows[-1], flush=True)
+    print()
+    print(
+        markdown_table(
+            [
+                "model",
+                "cells",
+                "device",
+                "s/epoch (extrapolated)",
+                "train cells/s",
+                "peak RSS MB",
+                "batches timed",
+                "load+setup s",
+            ],
+            rows,
+        )
+    )
+    gen_rows = []
+    small = str(args.work_dir / f"sim_{sizes[0]}.h5ad")
+    for accel in accelerators:
+        for task, n in (
+            ("generate_memory", args.memory_cells),
+            ("generate_stream", args.stream_cells),
+        ):
+            cfg = {
+                **common,
+                "task": task,
+                "n_cells": n,
+                "path": small,
+                "model_dir": model_dir,
+                "accelerator": accel,
+                "out": str(args.work_dir / "cohort.h5ad"),
+            }
+            res = run_worker(cfg)
+            results["generate"].append(res)
+            if "error" in res:
+                print(f"{task} {accel}: ERROR {res['error']}", flush=True)
+                continue
+            gen_rows.append(
+                [
+                    "stream to .h5ad" if task == "generate_stream" else "in memory",
+                    f"{res['n_generated']:,}",
+                    device_name if accel == "gpu" else "cpu",
+                    res["seconds"],
+                    res["cells_per_s"],
+                    res["peak_rss_mb"],
+                    res["rss_before_generate_mb"],
+                    res["output_mb"],
+                ]
+            )
+            print(gen_rows[-1], flush=True)
+    print()
+    print(
+        markdown_table(
+            [
+                "generation",
+                "cells",
+                "device",
+                "seconds",
+                "cells/s",
+                "peak RSS MB",
+                "RSS before MB",
+                "output MB",
+            ],
+            gen_rows,
+        )
+    )
+    print(
+        "\ns/epoch is extrapolated from the median time of the timed minibatches (first "
+        "excluded) x minibatches per epoch (batch size 128, 90% of cells in training)."
+    )
+    results["notes"] = (
+        "s/epoch extrapolated from median minibatch time x minibatches per epoch; peak RSS is "
+        "VmHWM of a fresh subprocess per configuration."
+    )
+    print(f"wrote {write_json(results, RESULTS_DIR / 'scale.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,560 @@
+"""DisentVAE: known attributes and an unknown latent, adversarially disentangled."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.distributions import NegativeBinomial, Normal, Poisson, ZeroInflatedNegativeBinomial
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.nn import Encoder, FCLayers
+from torch import nn
+from torch.distributions import Distribution
+from torch.func import functional_call
+
+from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi.nn import PRIORS, ConditionEncoder, kl_to_prior
+from genvi.nn._adversary import AttributeHeads, attribute_losses, reverse_gradient
+
+GeneLikelihood = Literal["nb", "zinb", "poisson", "normal"]
+Dispersion = Literal["gene", "gene-batch", "gene-cell"]
+
+
+class CompositionalDecoder(nn.Module):
+    """Expression logits = basal(z_u) + additive(attributes) + interaction(z_u, attributes).
+
+    The attribute main effects are additive in log-expression space (a linear map of each
+    attribute's representation), so attributes compose; a small network of z_u and all
+    attributes adds interactions (cell-type-specific responses), penalised in
+    :meth:`DisentVAE.loss` so that it only explains what the additive part cannot.
+
+    Parameters
+    ----------
+    n_latent
+        Size of z_u.
+    n_cond
+        Size of the concatenated attribute representations.
+    n_output
+        Number of genes.
+    n_batch
+        Number of batches (one-hot, injected in every layer).
+    n_layers, n_hidden
+        Sizes of the basal and interaction networks.
+    interaction
+        Whether to include the interaction network.
+    interaction_input
+        What the interaction network sees besides the attributes: ``"latent"`` (z_u) or
+        ``"expression"`` (the log-proportions of the additive part, so that attribute values
+        with similar expression respond alike).
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_cond: int,
+        n_output: int,
+        n_batch: int = 1,
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        interaction: bool = True,
+        interaction_input: Literal["expression", "latent"] = "latent",
+    ):
+        super().__init__()
+        if interaction_input not in ("expression", "latent"):
+            raise ValueError(
+                f"Unknown interaction_input {interaction_input!r}; use 'expression' or 'latent'."
+            )
+        self.interaction_input = interaction_input
+        self.basal = FCLayers(
+            n_latent,
+            n_hidden,
+            [n_batch],
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=0.0,
+            use_batch_norm=False,
+        )
+        self.basal_out = nn.Linear(n_hidden, n_output)
+        self.additive = nn.Linear(n_cond, n_output, bias=False)
+        self.interaction = None
+        if interaction:
+            n_state = n_output if interaction_input == "expression" else n_latent
+            self.interaction = FCLayers(
+                n_state + n_cond,
+                n_hidden,
+                [n_batch],
+                n_layers=n_layers,
+                n_hidden=n_hidden,
+                dropout_rate=0.0,
+                use_batch_norm=False,
+            )
+            self.interaction_out = nn.Linear(n_hidden, n_output)
+            nn.init.zeros_(self.interaction_out.weight)
+            nn.init.zeros_(self.interaction_out.bias)
+        self.px_r_decoder = nn.Linear(n_hidden, n_output)
+        self.px_dropout_decoder = nn.Linear(n_hidden, n_output)
+
+    def forward(
+        self, z: torch.Tensor, c: torch.Tensor, batch_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Logits, the basal hidden layer and the interaction term (``None`` if disabled)."""
+        if z.dim() == 3:
+            c = c.expand(z.shape[0], -1, -1)
+        hidden = self.basal(z, batch_index)
+        logits = self.basal_out(hidden) + self.additive(c)
+        inter = None
+        if self.interaction is not None:
+            # "expression": the response depends on the cell's additive expression profile, so
+            # attribute values with similar profiles (e.g. two monocyte types) respond alike
+            state = logits.log_softmax(-1) if self.interaction_input == "expression" else z
+            inter = self.interaction_out(self.interaction(torch.cat([state, c], -1), batch_index))
+            logits = logits + inter
+        return logits, hidden, inter
+
+
+class DisentVAE(BaseModuleClass):
+    """VAE with one representation per known attribute and an attribute-free unknown latent.
+
+    * q(z_u | x): amortised encoder of the *unknown* latent from expression only.
+    * One learned representation per known attribute: an embedding table per categorical
+      attribute and a small network per ordered (continuous) attribute, so unseen values of an
+      ordered attribute interpolate (:class:`~genvi.nn.ConditionEncoder`).
+    * p(x | z_u, attributes, batch): count decoder (``scvi.distributions``).
+    * Information penalty on z_u: the KL to a prior p(z_u) (N(0, I) by default, or any
+      :data:`genvi.nn.PRIORS` prior given the attribute embedding), which also makes sampling
+      and likelihoods possible.
+    * Adversaries: classifiers (categorical) and regressors (ordered) predicting the attributes
+      from the mean of q(z_u | x) through gradient reversal, weighted by ``adversary_weight``.
+    * Attribute predictors from expression, trained on the labelled cells; for a cell whose
+      categorical label is missing the decoder gets the predicted-probability-weighted embedding
+      (semi-supervised training; label imputation).
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_batch
+        Number of batches (decoder only); 1 for none.
+    n_cats_per_key
+        Categories of each categorical attribute.
+    n_ordered
+        Number of ordered attributes.
+    ordered_mean, ordered_std
+        Training statistics used to standardise the ordered attributes.
+    n_latent
+        Size of the unknown latent z_u.
+    n_hidden, n_layers, dropout_rate
+        Encoder / decoder sizes, as in :class:`scvi.module.VAE`.
+    n_embed
+        Size of each attribute's representation.
+    prior
+        Prior on z_u, a key of :data:`genvi.nn.PRIORS` (``"normal"``: N(0, I), independent of
+        the attributes, the default).
+    prior_kwargs
+        Extra arguments of the prior.
+    gene_likelihood
+        ``"nb"``, ``"zinb"``, ``"poisson"`` or ``"normal"``.
+    dispersion
+        ``"gene"``, ``"gene-batch"`` or ``"gene-cell"``.
+    adversary_weight
+        Weight of the adversarial loss; the encoder receives its gradient reversed.
+    classification_weight
+        Weight of the attribute predictors' loss.
+    n_hidden_adversary
+        Hidden units of the adversaries and attribute predictors.
+    attribute_dropout
+        Probability of replacing each attribute by its null token during training (enables
+        generation from partial attributes).
+    adversary_mode
+        ``"confusion"`` (default): the encoder makes the adversaries predict the label
+        frequencies; ``"reversal"``: plain gradient reversal, the encoder maximises the
+        adversaries' loss (which can re-encode the labels as confidently wrong predictions).
+    interaction
+        Add the interaction network to the additive decoder (:class:`CompositionalDecoder`).
+    interaction_weight
+        Weight of the squared interaction term per cell (shrinks interactions towards the
+        additive composition of the attributes).
+    interaction_input
+        ``"expression"`` or ``"latent"``, see :class:`CompositionalDecoder`.
+    cat_frequencies
+        Training frequencies of each categorical attribute's labels (confusion targets);
+        uniform by default.
+    use_size_factor_key
+        Use registered size factors instead of the observed library size.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_batch: int = 1,
+        n_cats_per_key: Sequence[int] = (),
+        n_ordered: int = 0,
+        ordered_mean: Sequence[float] | None = None,
+        ordered_std: Sequence[float] | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        n_embed: int = 16,
+        prior: str = "normal",
+        prior_kwargs: dict | None = None,
+        gene_likelihood: GeneLikelihood = "nb",
+        dispersion: Dispersion = "gene",
+        adversary_weight: float = 10.0,
+        classification_weight: float = 10.0,
+        n_hidden_adversary: int = 64,
+        attribute_dropout: float = 0.0,
+        adversary_mode: Literal["confusion", "reversal"] = "confusion",
+        interaction: bool = True,
+        interaction_weight: float = 1.0,
+        interaction_input: Literal["expression", "latent"] = "latent",
+        cat_frequencies: Sequence[Sequence[float]] | None = None,
+        use_size_factor_key: bool = False,
+    ):
+        super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"Unknown prior {prior!r}; choose one of {sorted(PRIORS)}.")
+        if gene_likelihood not in ("nb", "zinb", "poisson", "normal"):
+            raise ValueError(
+                f"Unknown gene_likelihood {gene_likelihood!r}; use 'nb', 'zinb', 'poisson' "
+                "or 'normal'."
+            )
+        if dispersion not in ("gene", "gene-batch", "gene-cell"):
+            raise ValueError(
+                f"Unknown dispersion {dispersion!r}; use 'gene', 'gene-batch' or 'gene-cell'."
+            )
+        if adversary_weight < 0 or classification_weight < 0:
+            raise ValueError("adversary_weight and classification_weight must be >= 0.")
+        if adversary_mode not in ("confusion", "reversal"):
+            raise ValueError(
+                f"Unknown adversary_mode {adversary_mode!r}; use 'confusion' or 'reversal'."
+            )
+        if not len(n_cats_per_key) and not n_ordered:
+            raise ValueError("DisentVAE needs at least one categorical or ordered attribute.")
+        self.n_input = n_input
+        self.n_batch = n_batch
+        self.n_latent = n_latent
+        self.n_cats_per_key = list(n_cats_per_key)
+        self.n_ordered = n_ordered
+        self.gene_likelihood = gene_likelihood
+        self.dispersion = dispersion
+        self.prior_name = prior
+        self.adversary_weight = adversary_weight
+        self.classification_weight = classification_weight
+        self.use_size_factor_key = use_size_factor_key
+        self.adversary_mode = adversary_mode
+        self.interaction_weight = interaction_weight
+        for j, n in enumerate(self.n_cats_per_key):
+            freq = torch.full((n,), 1.0 / n)
+            if cat_frequencies is not None:
+                freq = torch.as_tensor(list(cat_frequencies[j]), dtype=torch.float32)
+                freq = (freq + 1e-3) / (freq + 1e-3).sum()
+            self.register_buffer(f"_log_freq_{j}", freq.log())
+
+        self.condition_encoder = ConditionEncoder(
+            n_cats_per_key, n_ordered, n_embed, ordered_mean, ordered_std, dropout=attribute_dropout
+        )
+        n_cond = self.condition_encoder.n_output
+        self.n_embed = n_embed
+        self.z_encoder = Encoder(
+            n_input,
+            n_latent,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            return_dist=True,
+        )
+        self.prior = PRIORS[prior](
+            n_latent=n_latent, n_cond=n_cond, n_input=n_input, **(prior_kwargs or {})
+        )
+        if hasattr(self.prior, "attach_encoder"):  # VampPrior: mixture of encoder posteriors
+            self.prior.attach_encoder(self.encode)
+        self.decoder = CompositionalDecoder(
+            n_latent,
+            n_cond,
+            n_input,
+            n_batch,
+            n_layers,
+            n_hidden,
+            interaction=interaction,
+            interaction_input=interaction_input,
+        )
+        if dispersion == "gene":
+            self.px_r = nn.Parameter(torch.randn(n_input))
+        elif dispersion == "gene-batch":
+            self.px_r = nn.Parameter(torch.randn(n_input, n_batch))
+        self.adversary = AttributeHeads(
+            n_latent, n_cats_per_key, n_ordered, n_hidden=n_hidden_adversary, dropout_rate=0.0
+        )
+        self.predictor = AttributeHeads(
+            n_input, n_cats_per_key, n_ordered, n_hidden=n_hidden, dropout_rate=dropout_rate
+        )
+
+    # ------------------------------------------------------------------ plumbing
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "cond_cat": tensors.get(GENVI_REGISTRY_KEYS.COND_CAT_KEY),
+            "cond_cont": tensors.get(GENVI_REGISTRY_KEYS.COND_CONT_KEY),
+            "size_factor": tensors.get(REGISTRY_KEYS.SIZE_FACTOR_KEY),
+        }
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        return {
+            "z": inference_outputs["z"],
+            "library": inference_outputs["library"],
+            "c": inference_outputs["c"],
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+        }
+
+    def standardize_ordered(self, cond_cont: torch.Tensor) -> torch.Tensor:
+        """Ordered attributes on the standardised scale the predictors work on."""
+        enc = self.condition_encoder
+        return (cond_cont.float() - enc.continuous_mean) / enc.continuous_std
+
+    def unstandardize_ordered(self, values: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`standardize_ordered`."""
+        enc = self.condition_encoder
+        return values * enc.continuous_std + enc.continuous_mean
+
+    def embed_conditions(
+        self,
+        cond_cat: torch.Tensor | None,
+        cond_cont: torch.Tensor | None,
+        keep: torch.Tensor | None = None,
+        n: int | None = None,
+        cat_probs: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Concatenated attribute representations ``(n, n_keys * n_embed)``.
+
+        Negative categorical codes mark missing labels: they are replaced by the embedding
+        averaged under ``cat_probs`` (the predictors' probabilities) when given, else by the
+        attribute's null token.
+        """
+        enc = self.condition_encoder
+        if cond_cat is None and cond_cont is None:
+            return torch.ones(n, 1, device=self.device)
+        missing = None
+        if cond_cat is not None:
+            cond_cat = cond_cat.long()
+            missing = cond_cat < 0
+            if missing.any() and cat_probs is None:
+                n_rows = cond_cat.shape[0]
+                extra = torch.zeros(
+                    n_rows, enc.n_continuous, dtype=torch.bool, device=missing.device
+                )
+                known = torch.cat([~missing, ~extra], dim=1)
+                keep = known if keep is None else keep.bool() & known
+            cond_cat = cond_cat.clamp_min(0)
+        c = enc(cond_cat, cond_cont, keep)
+        if missing is not None and cat_probs is not None and missing.any():
+            parts = list(c.split(enc.n_embed, dim=1))
+            for j, probs in enumerate(cat_probs):
+                soft = probs @ enc.embeddings[j].weight
+                parts[j] = torch.where(missing[:, j : j + 1], soft, parts[j])
+            c = torch.cat(parts, dim=1)
+        return c
+
+    def library_from_counts(
+        self, x: torch.Tensor, size_factor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Log library size (observed), or log size factor when one is registered."""
+        if self.gene_likelihood == "normal":
+            return torch.zeros(x.shape[0], 1, device=x.device)
+        if self.use_size_factor_key and size_factor is not None:
+            return torch.log(size_factor)
+        return torch.log(x.sum(1, keepdim=True).clamp_min(1.0))
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees of the expression: log1p counts, or the data for ``normal``."""
+        return x if self.gene_likelihood == "normal" else torch.log1p(x)
+
+    def predictor_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Depth-normalised log expression for the attribute predictors."""
+        if self.gene_likelihood == "normal":
+            return x
+        return torch.log1p(x / x.sum(1, keepdim=True).clamp_min(1.0) * 1e4)
+
+    def encode(self, x_in: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
+        """q(z_u | x) from the encoder input (``c`` is ignored: z_u sees expression only)."""
+        qz, _ = self.z_encoder(x_in)
+        return qz
+
+    def predict_attributes(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Logits of each categorical attribute and standardised ordered values from x."""
+        return self.predictor(self.predictor_input(x))
+
+    # ------------------------------------------------------------------ model
+    @auto_move_data
+    def inference(
+        self,
+        x: torch.Tensor,
+        cond_cat: torch.Tensor | None = None,
+        cond_cont: torch.Tensor | None = None,
+        size_factor: torch.Tensor | None = None,
+        n_samples: int = 1,
+    ) -> dict:
+        """Encode z_u from x, predict the attributes and embed the (observed or imputed) ones."""
+        library = self.library_from_counts(x, size_factor)
+        qz = self.encode(self.encoder_input(x))
+        z = qz.rsample((n_samples,)) if n_samples > 1 else qz.rsample()
+        logits, values = self.predict_attributes(x)
+        probs = [lg.softmax(-1) for lg in logits]
+        c = self.embed_conditions(cond_cat, cond_cont, n=x.shape[0], cat_probs=probs)
+        return {
+            "qz": qz,
+            "z": z,
+            "library": library,
+            "c": c,
+            "pred_logits": logits,
+            "pred_values": values,
+        }
+
+    @auto_move_data
+    def generative(
+        self,
+        z: torch.Tensor,
+        library: torch.Tensor,
+        c: torch.Tensor,
+        batch_index: torch.Tensor,
+        transform_batch: int | None = None,
+    ) -> dict[str, Distribution]:
+        """Decode p(x | z_u, attributes, batch); also return the prior p(z_u | c)."""
+        if transform_batch is not None:
+            batch_index = torch.full_like(batch_index, int(transform_batch))
+        px, inter = self.decode(z, c, library, batch_index, return_interaction=True)
+        return {"px": px, "pz": self.prior(c), "interaction": inter}
+
+    def decode(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        return_interaction: bool = False,
+    ):
+        """p(x | z_u, attributes, batch); ``z`` may carry a leading sample dimension."""
+        logits, hidden, inter = self.decoder(z, c, batch_index)
+        if self.gene_likelihood == "normal":
+            scale = self._dispersion(self.decoder.px_r_decoder(hidden), batch_index)
+            px = Normal(logits, scale, normal_mu=logits)
+        else:
+            px_scale = logits.softmax(-1)
+            px_rate = torch.exp(library) * px_scale
+            theta = self._dispersion(self.decoder.px_r_decoder(hidden), batch_index)
+            if self.gene_likelihood == "nb":
+                px = NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
+            elif self.gene_likelihood == "zinb":
+                px = ZeroInflatedNegativeBinomial(
+                    mu=px_rate,
+                    theta=theta,
+                    zi_logits=self.decoder.px_dropout_decoder(hidden),
+                    scale=px_scale,
+                )
+            else:
+                px = Poisson(rate=px_rate, scale=px_scale)
+        return (px, inter) if return_interaction else px
+
+    def _dispersion(self, px_r_cell: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        if self.dispersion == "gene-cell":
+            return torch.exp(px_r_cell)
+        if self.dispersion == "gene-batch":
+            onehot = nn.functional.one_hot(batch_index.long().squeeze(-1), self.n_batch).float()
+            return torch.exp(onehot @ self.px_r.T)
+        return torch.exp(self.px_r)
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+    ) -> LossOutput:
+        """Negative ELBO + adversarial loss on z_u (reversed) + attribute prediction loss."""
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        cat = tensors.get(GENVI_REGISTRY_KEYS.COND_CAT_KEY)
+        cont = tensors.get(GENVI_REGISTRY_KEYS.COND_CONT_KEY)
+        cat = cat.long() if cat is not None else None
+        ordered = self.standardize_ordered(cont) if cont is not None else None
+        qz = inference_outputs["qz"]
+        rec = -generative_outputs["px"].log_prob(x).sum(-1)
+        kl = kl_to_prior(qz, generative_outputs["pz"], inference_outputs["z"])
+        total = rec + kl_weight * kl
+        if self.adversary_weight > 0:
+            total = total + self.adversary_weight * self._adversarial_loss(qz.loc, cat, ordered)
+        inter = generative_outputs.get("interaction")
+        if inter is not None and self.interaction_weight > 0:
+            total = total + self.interaction_weight * (inter**2).sum(-1)
+        if self.classification_weight > 0:
+            clf = attribute_losses(
+                inference_outputs["pred_logits"], inference_outputs["pred_values"], cat, ordered
+            )
+            total = total + self.classification_weight * clf
+        return LossOutput(loss=torch.mean(total), reconstruction_loss=rec, kl_local=kl)
+
+    def _adversarial_loss(
+        self, z: torch.Tensor, cat: torch.Tensor | None, ordered: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-cell adversarial loss on the unknown latent.
+
+        ``"reversal"``: the adversaries minimise their loss on ``reverse_gradient(z)``, so the
+        encoder maximises it. ``"confusion"``: the adversaries are fitted on ``z.detach()`` and
+        the encoder, through frozen copies of them, is pushed to make them predict the label
+        frequencies (categorical) and the mean (ordered), i.e. nothing.
+        """
+        if self.adversary_mode == "reversal":
+            logits, values = self.adversary(reverse_gradient(z))
+            return attribute_losses(logits, values, cat, ordered)
+        logits, values = self.adversary(z.detach())
+        fit = attribute_losses(logits, values, cat, ordered)
+        frozen = {k: v.detach() for k, v in self.adversary.named_parameters()}
+        logits, values = functional_call(self.adversary, frozen, (z,))
+        confusion = torch.zeros_like(fit)
+        for j, lg in enumerate(logits):
+            log_freq = getattr(self, f"_log_freq_{j}")
+            confusion = confusion - (log_freq.exp() * lg.log_softmax(-1)).sum(-1)
+        if values is not None:
+            confusion = confusion + (values**2).sum(-1)
+        return fit + confusion
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
+        """Posterior predictive samples ``(n, genes)`` or ``(n, genes, n_samples)``."""
+        _, gen = self.forward(
+            tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
+        )
+        samples = gen["px"].sample()
+        return samples.permute(1, 2, 0).cpu() if n_samples > 1 else samples.cpu()
+
+    @torch.inference_mode()
+    def marginal_ll(
+        self,
+        tensors: dict[str, torch.Tensor],
+        n_mc_samples: int = 100,
+        return_mean: bool = False,
+        n_mc_samples_per_pass: int = 25,
+    ) -> torch.Tensor | float:
+        """Importance-weighted estimate of log p(x | attributes) per cell.
+
+        Missing categorical labels are replaced by the predictors' soft assignment.
+        """
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        inf_in = self._get_inference_input(tensors)
+        chunks = []
+        done = 0
+        while done < n_mc_samples:
+            s = min(n_mc_samples_per_pass, n_mc_samples - done)
+            inf = self.inference(**inf_in, n_samples=max(s, 2))
+            z = inf["z"][:s]
+            gen = self.generative(z, inf["library"], inf["c"], tensors[REGISTRY_KEYS.BATCH_KEY])
+            log_px = gen["px"].log_prob(x.to(z.device)).sum(-1)
+            log_pz = gen["pz"].log_prob(z)
+            log_qz = inf["qz"].log_prob(z).sum(-1)
+            chunks.append(log_px + log_pz - log_qz)
+            done += s
+        log_w = torch.cat(chunks, dim=0)
+        ll = torch.logsumexp(log_w, dim=0) - torch.log(torch.tensor(float(n_mc_samples)))
+        return ll.mean().item() if return_mean else ll
