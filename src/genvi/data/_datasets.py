@@ -19,13 +19,18 @@ DATASETS = {
 
 
 def data_dirs() -> list[Path]:
-    """Folders searched, in order: ``$GENVI_DATA_DIR``, ``~/.cache/genvi``, ``../shared/data``."""
+    """Folders searched, in order.
+
+    ``$GENVI_DATA_DIR``, then ``~/.cache/genvi``, then ``shared/data`` beside the working
+    directory or beside one of its parents (up to three levels: a notebook in
+    ``checkout/docs/tutorials`` finds ``../shared/data`` of the checkout).
+    """
     dirs = []
     if os.environ.get("GENVI_DATA_DIR"):
         dirs.append(Path(os.environ["GENVI_DATA_DIR"]).expanduser())
     dirs.append(Path.home() / ".cache" / "genvi")
-    dirs.append(Path.cwd().parent / "shared" / "data")
-    dirs.append(Path.cwd() / ".." / ".." / "shared" / "data")  # from docs/ or tutorials/
+    here = Path.cwd()
+    dirs.extend(parent / "shared" / "data" for parent in [here, *here.parents][1:5])
     return dirs
 
 
