@@ -38,7 +38,10 @@ class LatentDiffusion(LatentPriorModel):
     uncond_dropout
         Probability of dropping all keys at once (needed for joint guidance).
     latent_target
-        Train on posterior means (``"mean"``) or fresh posterior samples (``"sample"``).
+        ``"sample"`` (default): train on a fresh posterior sample of the base encoder each
+        time a cell is seen, i.e. on the aggregate posterior the decoder was trained on;
+        ``"mean"``: on posterior means, a narrower cloud (on simulated data with sub-states
+        LatentFlow reached energy distance 0.043 with samples vs 0.072 with means).
     prediction
         Network target: ``"v"`` (default; stable at every noise level) or ``"eps"``.
     dropout_rate
@@ -64,7 +67,7 @@ class LatentDiffusion(LatentPriorModel):
         n_embed: int = 16,
         condition_dropout: float = 0.2,
         uncond_dropout: float = 0.1,
-        latent_target: Literal["mean", "sample"] = "mean",
+        latent_target: Literal["mean", "sample"] = "sample",
         prediction: Literal["eps", "v"] = "v",
         dropout_rate: float = 0.0,
     ):

