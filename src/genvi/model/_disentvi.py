@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -27,7 +26,6 @@ from scvi.utils import setup_anndata_dsp
 from genvi._constants import GENVI_REGISTRY_KEYS
 from genvi._validation import check_counts, check_finite, check_genes, get_matrix
 from genvi.model.base import (
-    ConditionSchema,
     GenerativeMixin,
     GenviTrainingPlan,
     LoadMixin,
@@ -209,7 +207,7 @@ class DisentVI(
         super().__init__(adata)
         if gene_likelihood != "normal":
             check_counts(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
-        schema = self._build_schema()
+        schema = self._schema
         cont = self._ordered_values()
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
@@ -248,21 +246,6 @@ class DisentVI(
         self.init_params_ = self._get_init_params(locals())
 
     # ------------------------------------------------------------------ registry helpers
-    def _build_schema(self) -> ConditionSchema:
-        registry = self.adata_manager.data_registry
-        categorical, continuous = {}, []
-        if self._cat_registry_key in registry:
-            state = self.adata_manager.get_state_registry(self._cat_registry_key)
-            categorical = {k: [str(c) for c in state.mappings[k]] for k in state.field_keys}
-        if self._cont_registry_key in registry:
-            state = self.adata_manager.get_state_registry(self._cont_registry_key)
-            continuous = list(state.columns)
-        return ConditionSchema(categorical, continuous)
-
-    @property
-    def _schema(self) -> ConditionSchema:
-        return self._build_schema()
-
     @property
     def _unknown_label(self):
         return self.adata_manager.registry["setup_args"].get("unknown_label")
@@ -586,23 +569,7 @@ class DisentVI(
                 px = self._decode(z, c_new, inf["library"], batch_index)
                 xs.append((px.mean if return_mean else px.sample()).cpu().numpy())
         x = np.concatenate(xs).astype(np.float32)
-        obs = adata.obs.iloc[np.asarray(indices)] if indices is not None else adata.obs
-        obs = obs.loc[:, [c for c in obs.columns if not str(c).startswith("_scvi")]].copy()
-        for key, value in new.items():
-            if key in schema.categorical:
-                obs[key] = pd.Categorical([value] * len(obs), categories=schema.categorical[key])
-            else:
-                obs[key] = float(value)
-        result = AnnData(
-            X=x if return_mean else sparse.csr_matrix(x), obs=obs, var=adata.var.copy()
-        )
-        result.uns["genvi"] = self._run_metadata(
-            method="predict_counterfactual",
-            new_conditions={k: str(v) for k, v in new.items()},
-            return_mean=return_mean,
-            seed=seed,
-        )
-        return result
+        return self._counterfactual_result(adata, indices, x, new, return_mean, seed=seed)
 
     # ------------------------------------------------------------------ setup
     @classmethod

@@ -16,7 +16,7 @@ from torch.distributions import Normal
 from genvi.model._latent_diffusion import _guidance_meta
 from genvi.model.base._conditions import Conditions
 from genvi.model.base._generation import GenerativeMixin
-from genvi.model.base._latent_model import LatentPriorModel
+from genvi.model.base._latent_model import LatentPriorModel, rows_or_none
 from genvi.module import LatentFlowModule
 
 
@@ -195,7 +195,7 @@ class LatentFlow(LatentPriorModel):
         for start in range(0, len(idx), batch_size):
             sl = slice(start, start + batch_size)
             z = torch.as_tensor(loc[idx[sl]], device=self.module.device)
-            cond = self._condition_inputs(_rows(cat, sl), _rows(cont, sl), len(z))
+            cond = self._condition_inputs(rows_or_none(cat, sl), rows_or_none(cont, sl), len(z))
             out.append(self.module.log_prob(z, cond, trace=trace).cpu().numpy())
         return np.concatenate(out)
 
@@ -255,7 +255,7 @@ class LatentFlow(LatentPriorModel):
                 z = q.sample((k,))  # (k, n, d)
                 log_q = q.log_prob(z).sum(-1)
                 cond = self._condition_inputs(
-                    _tile(_rows(cat, sl), k), _tile(_rows(cont, sl), k), n * k
+                    _tile(rows_or_none(cat, sl), k), _tile(rows_or_none(cont, sl), k), n * k
                 )
                 log_pz = self.module.log_prob(
                     z.reshape(k * n, -1).to(dev), cond, trace=trace, n_steps=n_steps
@@ -311,10 +311,6 @@ class LatentFlow(LatentPriorModel):
         if kind != "per_count":
             raise ValueError(f"kind must be 'latent' or 'per_count', got {kind!r}.")
         return GenerativeMixin.score_outliers(self, adata, indices, n_samples, batch_size)
-
-
-def _rows(a: np.ndarray | None, sl: slice) -> np.ndarray | None:
-    return None if a is None else a[sl]
 
 
 def _tile(a: np.ndarray | None, k: int) -> np.ndarray | None:

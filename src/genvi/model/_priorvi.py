@@ -26,7 +26,6 @@ from scvi.utils import setup_anndata_dsp
 from genvi._constants import GENVI_REGISTRY_KEYS
 from genvi._validation import check_counts, check_finite, check_obs_keys, get_matrix, row_sums
 from genvi.model.base import (
-    ConditionSchema,
     GenerativeMixin,
     GenviTrainingPlan,
     LoadMixin,
@@ -120,7 +119,7 @@ class PriorVI(
         super().__init__(adata)
         if gene_likelihood != "normal":
             check_counts(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
-        schema = self._build_schema()
+        schema = self._schema
         cont = self._continuous_values()
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
@@ -160,21 +159,6 @@ class PriorVI(
         self.init_params_ = self._get_init_params(locals())
 
     # ------------------------------------------------------------------ registry helpers
-    def _build_schema(self) -> ConditionSchema:
-        registry = self.adata_manager.data_registry
-        categorical, continuous = {}, []
-        if self._cat_registry_key in registry:
-            state = self.adata_manager.get_state_registry(self._cat_registry_key)
-            categorical = {k: [str(c) for c in state.mappings[k]] for k in state.field_keys}
-        if self._cont_registry_key in registry:
-            state = self.adata_manager.get_state_registry(self._cont_registry_key)
-            continuous = list(state.columns)
-        return ConditionSchema(categorical, continuous)
-
-    @property
-    def _schema(self) -> ConditionSchema:
-        return self._build_schema()
-
     def _continuous_values(self) -> np.ndarray | None:
         if self._cont_registry_key not in self.adata_manager.data_registry:
             return None

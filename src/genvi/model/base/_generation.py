@@ -40,7 +40,21 @@ class GenerativeMixin:
     ``decode``. Models with another latent sampler override :meth:`_sample_latent`.
     """
 
-    _schema: ConditionSchema
+    _cat_registry_key: str
+    _cont_registry_key: str
+
+    @property
+    def _schema(self) -> ConditionSchema:
+        """Condition keys and training categories, read from the AnnData registry."""
+        manager = self.adata_manager
+        registry = manager.data_registry
+        categorical, continuous = {}, []
+        if self._cat_registry_key in registry:
+            state = manager.get_state_registry(self._cat_registry_key)
+            categorical = {k: [str(c) for c in state.mappings[k]] for k in state.field_keys}
+        if self._cont_registry_key in registry:
+            continuous = list(manager.get_state_registry(self._cont_registry_key).columns)
+        return ConditionSchema(categorical, continuous)
 
     # ------------------------------------------------------------------ hooks
     def _sample_latent(self, c: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -556,14 +570,27 @@ class GenerativeMixin:
                 px = self._decode(z, c_new, inf["library"], batch_index)
                 xs.append((px.mean if return_mean else px.sample()).cpu().numpy())
         x = np.concatenate(xs).astype(np.float32)
-        obs = adata.obs.iloc[indices] if indices is not None else adata.obs
+        return self._counterfactual_result(
+            adata, indices, x, new, return_mean, transport=transport, seed=seed
+        )
+
+    def _counterfactual_result(
+        self,
+        adata: AnnData,
+        indices: Sequence[int] | None,
+        x: np.ndarray,
+        new: dict,
+        return_mean: bool,
+        **metadata,
+    ) -> AnnData:
+        """AnnData of counterfactual cells: obs of the input with the changed conditions."""
+        obs = adata.obs.iloc[np.asarray(indices)] if indices is not None else adata.obs
         # scvi-tools' registration columns describe the input, not the counterfactual
         obs = obs.loc[:, [c for c in obs.columns if not str(c).startswith("_scvi")]].copy()
+        categorical = self._schema.categorical
         for key, value in new.items():
-            if key in self._schema.categorical:
-                obs[key] = pd.Categorical(
-                    [value] * len(obs), categories=self._schema.categorical[key]
-                )
+            if key in categorical:
+                obs[key] = pd.Categorical([value] * len(obs), categories=categorical[key])
             else:
                 obs[key] = float(value)
         result = AnnData(
@@ -573,8 +600,7 @@ class GenerativeMixin:
             method="predict_counterfactual",
             new_conditions={k: str(v) for k, v in new.items()},
             return_mean=return_mean,
-            transport=transport,
-            seed=seed,
+            **metadata,
         )
         return result
 

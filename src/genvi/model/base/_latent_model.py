@@ -8,11 +8,9 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import scvi
 import torch
 from anndata import AnnData
-from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -28,7 +26,7 @@ from torch.distributions import Distribution
 from genvi._constants import GENVI_REGISTRY_KEYS
 from genvi._validation import check_finite, check_genes, check_obs_keys, get_matrix, row_sums
 from genvi.model.base._base_models import SUPPORTED_BASES, make_adapter
-from genvi.model.base._conditions import Conditions, ConditionSchema
+from genvi.model.base._conditions import Conditions
 from genvi.model.base._generation import GenerativeMixin, seeded
 from genvi.model.base._io import (
     MODEL_FILENAME,
@@ -138,18 +136,6 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         return cls(adata, base_model=base_model, **model_kwargs)
 
     # ------------------------------------------------------------------ registry helpers
-    @property
-    def _schema(self) -> ConditionSchema:
-        registry = self.adata_manager.data_registry
-        categorical, continuous = {}, []
-        if self._cat_registry_key in registry:
-            state = self.adata_manager.get_state_registry(self._cat_registry_key)
-            categorical = {k: [str(c) for c in state.mappings[k]] for k in state.field_keys}
-        if self._cont_registry_key in registry:
-            continuous = list(
-                self.adata_manager.get_state_registry(self._cont_registry_key).columns
-            )
-        return ConditionSchema(categorical, continuous)
 
     def _registered(self, key: str, adata: AnnData | None = None) -> np.ndarray | None:
         manager = self.get_anndata_manager(adata or self.adata, required=True)
@@ -434,8 +420,10 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
                 rows = idx[sl]
                 n = len(rows)
                 z = torch.as_tensor(loc[rows], device=dev)
-                old = self._condition_inputs(_rows(cat, sl), _rows(cont, sl), n)
-                target = self._condition_inputs(_rows(cat_new, sl), _rows(cont_new, sl), n)
+                old = self._condition_inputs(rows_or_none(cat, sl), rows_or_none(cont, sl), n)
+                target = self._condition_inputs(
+                    rows_or_none(cat_new, sl), rows_or_none(cont_new, sl), n
+                )
                 noise = self.module.to_noise(z, old, **self._transport_kwargs(n_steps))
                 z_new = self.module.from_noise(noise, target, **self._transport_kwargs(n_steps))
                 inputs = {
@@ -446,25 +434,7 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
                 px = self._decode_with_inputs(z_new, lib, inputs)
                 xs.append((px.mean if return_mean else px.sample()).cpu().numpy())
         x = np.concatenate(xs).astype(np.float32)
-        obs = adata.obs.iloc[idx]
-        obs = obs.loc[:, [c for c in obs.columns if not str(c).startswith("_scvi")]].copy()
-        for key, value in new.items():
-            if key in self._schema.categorical:
-                obs[key] = pd.Categorical(
-                    [value] * len(obs), categories=self._schema.categorical[key]
-                )
-            else:
-                obs[key] = float(value)
-        result = AnnData(
-            X=x if return_mean else sparse.csr_matrix(x), obs=obs, var=adata.var.copy()
-        )
-        result.uns["genvi"] = self._run_metadata(
-            method="predict_counterfactual",
-            new_conditions={k: str(v) for k, v in new.items()},
-            return_mean=return_mean,
-            seed=seed,
-        )
-        return result
+        return self._counterfactual_result(adata, indices, x, new, return_mean, seed=seed)
 
     def _transport_kwargs(self, n_steps: int | None) -> dict:
         raise NotImplementedError
@@ -619,7 +589,8 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         )
 
 
-def _rows(a: np.ndarray | None, sl: slice) -> np.ndarray | None:
+def rows_or_none(a: np.ndarray | None, sl: slice) -> np.ndarray | None:
+    """``a[sl]``, or ``None`` when there is no array."""
     return None if a is None else a[sl]
 
 
