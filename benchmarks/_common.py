@@ -52,8 +52,28 @@ def add_common_args(parser: argparse.ArgumentParser, default_epochs: int) -> Non
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's choice); 1 can be faster on a busy machine",
+        help="CPU threads of torch and of the BLAS / OpenMP pools (default: the libraries' "
+        "choice); 1 can be faster on a busy machine",
     )
+
+
+_THREAD_LIMITS: list[Any] = []
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` threads in torch *and* in numpy / scipy / sklearn's BLAS and OpenMP pools.
+
+    ``torch.set_num_threads`` alone leaves the BLAS pools at one thread per core; on a shared
+    2-core machine their idle threads spinning beside torch halved the speed of two parallel
+    benchmark processes.
+    """
+    if not n:
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    _THREAD_LIMITS.append(threadpool_limits(limits=n))  # kept alive for the whole run
 
 
 def quiet() -> None:

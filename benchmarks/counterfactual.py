@@ -27,9 +27,10 @@ Run from the repository root (``--threads 1`` on the shared 2-core machine)::
     python benchmarks/counterfactual.py --quick     # smoke run, 20 epochs, 2 held-out types
     python benchmarks/counterfactual.py --threads 1  # full run, writes benchmarks/results/
 
-The default of 150 epochs for every model (1,556 cells, batch size 128: ~1,800 steps) keeps
-the full run (15 models + label imputation) under ~40 minutes on one thread of a shared
-2-core CPU; ``--cell-types`` and ``--skip-imputation`` split it into parallel parts.
+The default of 150 epochs for every model (~1,400 training cells, batch size 128: ~1,700
+steps) takes ~45 s per model on one thread; the full run (15 models + label imputation) takes
+~15 minutes on one core of the 2-core CPU. ``--cell-types`` and ``--skip-imputation`` split it
+into parallel parts, ``--merge`` joins them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from _common import (  # noqa: E402
     machine_info,
     markdown_table,
     quiet,
+    set_threads,
     timed,
     write_json,
 )
@@ -396,12 +398,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.merge:
         return merge(args.merge, args.out)
     quiet()
-    import torch
 
     from genvi.metrics import counterfactual_scores
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     adata = load_dataset(args.data_dir, FILENAME)
     adata.obs[CELL_TYPE] = adata.obs[CELL_TYPE].astype("category")
     adata.obs[CONDITION] = adata.obs[CONDITION].astype("category")

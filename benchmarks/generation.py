@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     machine_info,
     markdown_table,
     quiet,
+    set_threads,
     stratified_split,
     timed,
     write_json,
@@ -340,9 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     quiet()  # after the imports: Lightning sets its loggers' levels when imported
     if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     scvi.settings.seed = args.seed
     for key in keys:
         adata.obs[key] = adata.obs[key].astype(str).astype("category")

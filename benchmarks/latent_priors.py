@@ -45,6 +45,7 @@ from _common import (  # noqa: E402
     machine_info,
     markdown_table,
     quiet,
+    set_threads,
     stratified_split,
     timed,
     write_json,
@@ -200,14 +201,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     adata = load_dataset(args.data_dir, dataset)
 
     import scvi
-    import torch
 
     import genvi
     from genvi.model import LatentDiffusion, LatentFlow
 
     quiet()
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     scvi.settings.seed = args.seed
     for key in keys:
         adata.obs[key] = adata.obs[key].astype(str).astype("category")

@@ -37,6 +37,7 @@ from _common import (  # noqa: E402
     machine_info,
     markdown_table,
     quiet,
+    set_threads,
     stratified_split,
     timed,
     write_json,
@@ -146,9 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     quiet()
     if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     scvi.settings.seed = args.seed
     labels = adata.obs[CELL_TYPE].astype(str)
     train_idx, test_idx = stratified_split(labels, test_size=0.2, seed=args.seed)

@@ -39,6 +39,7 @@ from _common import (  # noqa: E402
     machine_info,
     markdown_table,
     quiet,
+    set_threads,
     write_json,
 )
 
@@ -109,13 +110,12 @@ def worker(cfg: dict) -> dict:
     """Run one configuration in this (fresh) process and return its measurements."""
     import anndata as ad
     import scvi
-    import torch
 
     import genvi
 
     quiet()
     if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
+        set_threads(cfg["threads"])
     scvi.settings.seed = cfg.get("seed", 0)
     accel = cfg.get("accelerator", "cpu")
     out: dict = {"config": cfg}

@@ -451,3 +451,21 @@ def test_counterfactual_scores_known_answers(perturbation):
     assert list(new.index) == ["top20", "all"]
     assert (new["lfc_slope"] > 0.8).all() and (new["mean_r2"] > 0.9).all()
     assert new.loc["top20", "sign_agreement"] >= 0.9
+
+
+def test_scanpy_backed_metrics_keep_torch_thread_count():
+    """numba's OpenMP layer resets torch's threads; genvi's metrics must put them back."""
+    import torch
+
+    sim = genvi.data.simulate(n_cells=300, n_genes=60, n_cell_types=2, seed=0)
+    ctrl = sim[(sim.obs["treatment"] == "control").to_numpy()].copy()
+    stim = sim[(sim.obs["treatment"] == "treated").to_numpy()].copy()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        genvi.metrics.rank_degs(ctrl, stim)
+        assert torch.get_num_threads() == 1
+        genvi.metrics.ReferenceSpace.fit(sim, n_top_genes=30, n_comps=5)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -18,7 +18,7 @@ from scipy import sparse
 
 import genvi
 from conftest import quiet_train
-from genvi.model import LatentFlow, PriorVI
+from genvi.model import DisentVI, LatentFlow, PriorVI
 from genvi.model.base import ModelFileError, NonFiniteLossError, _io
 
 HERE = Path(__file__).resolve().parent
@@ -85,6 +85,19 @@ def test_train_from_sparse_and_backed_without_densifying(tmp_path, fmt):
         assert adata.isbacked
         expected = np.asarray(ad.read_h5ad(tmp_path / "a.h5ad").X.sum(1)).ravel()
         np.testing.assert_allclose(model.train_library_, np.maximum(expected, 1))
+
+
+def test_disentvi_trains_from_backed_data(tmp_path):
+    adata = _small()
+    adata.X = sparse.csr_matrix(adata.X)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    DisentVI.setup_anndata(backed, categorical_attributes=["cell_type", "treatment"])
+    model = quiet_train(DisentVI(backed, n_latent=4, n_hidden=16), max_epochs=1)
+    assert backed.isbacked
+    expected = np.asarray(ad.read_h5ad(tmp_path / "a.h5ad").X.sum(1)).ravel()
+    np.testing.assert_allclose(model.train_library_, np.maximum(expected, 1))
+    assert model.get_latent_representation().shape == (120, 4)
 
 
 # ---------------------------------------------------------------------- streaming generation

@@ -8,6 +8,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from genvi._threads import keep_torch_threads
+
 from ._expression import _pearson, mean_var_agreement
 from ._space import _check_unique_genes, _get_counts, _normalize_log1p
 
@@ -76,15 +78,16 @@ def _rank_degs(ctrl: np.ndarray, stim: np.ndarray, genes: pd.Index) -> pd.DataFr
         var=pd.DataFrame(index=genes),
     )
     tmp.uns["log1p"] = {"base": None}  # tells scanpy the data are natural-log transformed
-    sc.tl.rank_genes_groups(
-        tmp,
-        "group",
-        groups=["stimulated"],
-        reference="control",
-        method="wilcoxon",
-        tie_correct=True,
-        n_genes=len(genes),
-    )
+    with keep_torch_threads():
+        sc.tl.rank_genes_groups(
+            tmp,
+            "group",
+            groups=["stimulated"],
+            reference="control",
+            method="wilcoxon",
+            tie_correct=True,
+            n_genes=len(genes),
+        )
     res = sc.get.rank_genes_groups_df(tmp, group="stimulated").set_index("names")
     out = pd.DataFrame(
         {"score": res["scores"].astype(np.float64), "pval_adj": res["pvals_adj"]},

@@ -11,6 +11,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
+from genvi._threads import keep_torch_threads
+
 
 def _get_counts(adata: ad.AnnData, layer: str | None) -> np.ndarray | sp.spmatrix | sp.sparray:
     """Return the count matrix of ``adata`` (``X`` or ``layers[layer]``) without copying it."""
@@ -85,12 +87,14 @@ def _select_hvgs(
     x = sp.csr_matrix(counts) if sp.issparse(counts) else np.asarray(counts)
     tmp = ad.AnnData(X=x, var=pd.DataFrame(index=var_names.copy()))
     if _has_skmisc():
-        sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes)
+        with keep_torch_threads():
+            sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes)
         return tmp.var["highly_variable"].to_numpy(dtype=bool), "seurat_v3"
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     # Kept sparse: the full cells x genes matrix may not fit in memory densely.
     tmp.X = _normalize_log1p(counts, totals, target_sum, dense=False)
-    sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n_top_genes)
+    with keep_torch_threads():
+        sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n_top_genes)
     return tmp.var["highly_variable"].to_numpy(dtype=bool), "seurat"
 
 

@@ -24,7 +24,7 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 from scvi.utils import setup_anndata_dsp
 
 from genvi._constants import GENVI_REGISTRY_KEYS
-from genvi._validation import check_counts, check_finite, check_genes, get_matrix
+from genvi._validation import check_counts, check_finite, check_genes, get_matrix, row_sums
 from genvi.model.base import (
     GenerativeMixin,
     GenviTrainingPlan,
@@ -139,7 +139,11 @@ class DisentVI(
     gene_likelihood
         ``"nb"``, ``"zinb"``, ``"poisson"`` (raw counts) or ``"normal"`` (log-scale data).
     dispersion
-        ``"gene"``, ``"gene-batch"`` or ``"gene-cell"``.
+        ``"gene-attribute"`` (default): a per-gene inverse dispersion shifted additively by each
+        attribute's representation, so a stimulated state or a cell type gets its own
+        overdispersion, also in a combination never seen in training (on Kang with one cell
+        type's stimulated cells held out, it turned the variance R² on the top-20 DEGs from
+        negative to positive); ``"gene"``, ``"gene-batch"`` or ``"gene-cell"`` (from z_u).
     adversary_weight
         Weight of the adversarial attribute classifiers / regressors on z_u (the encoder gets
         their gradient reversed). ``0`` disables them.
@@ -159,12 +163,19 @@ class DisentVI(
         of the cell's state and the attributes (penalised); ``False`` keeps the additive part only.
     interaction_weight
         Penalty on the squared interaction term, shrinking predictions for unseen attribute
-        combinations towards the additive composition.
+        combinations towards the additive composition. On Kang (see ``interaction_input``)
+        the median top-20 DEG mean / variance R² were 0.70 / 0.56 at 1, 0.76 / 0.31 at 0.1
+        (the default) and 0.74 / 0.32 at 0.01.
     interaction_input
-        What the interaction network sees besides the attributes: ``"latent"`` (z_u; default)
-        or ``"expression"`` (the cell's additive expression profile, meant to make attribute
-        values with similar expression respond alike; on Kang with CD14+ monocytes held out
-        it measured worse: top-20 DEG mean R² -3.8 vs -3.2).
+        What the interaction network sees. ``"profile"`` (default): only the expression
+        profile that z_u and the attributes produce additively, so attribute values with
+        similar profiles respond alike, also in combinations never seen in training.
+        ``"latent"``: z_u and the attribute representations. ``"expression"``: the profile and
+        the representations. ``"context"``: one network per attribute, seeing that attribute
+        and the profile set by z_u and the *other* attributes. On Kang, holding out each cell
+        type's stimulated cells in turn (``benchmarks/counterfactual.py``), the median top-20
+        DEG mean R² was 0.70 for ``"profile"`` and 0.62 for ``"latent"`` (interaction
+        weight 1).
     prior_kwargs
         Extra arguments of the prior.
 
@@ -194,14 +205,14 @@ class DisentVI(
         n_embed: int = 16,
         prior: Literal["normal", "gaussian", "mog", "flow", "vamp"] = "normal",
         gene_likelihood: Literal["nb", "zinb", "poisson", "normal"] = "nb",
-        dispersion: Literal["gene", "gene-batch", "gene-cell"] = "gene",
+        dispersion: Literal["gene", "gene-batch", "gene-attribute", "gene-cell"] = "gene-attribute",
         adversary_weight: float = 10.0,
         classification_weight: float = 10.0,
         attribute_dropout: float = 0.0,
         adversary_mode: Literal["confusion", "reversal"] = "confusion",
         interaction: bool = True,
-        interaction_weight: float = 1.0,
-        interaction_input: Literal["expression", "latent"] = "latent",
+        interaction_weight: float = 0.1,
+        interaction_input: Literal["latent", "expression", "profile", "context"] = "profile",
         prior_kwargs: dict | None = None,
     ):
         super().__init__(adata)
@@ -280,7 +291,7 @@ class DisentVI(
         manager = self.adata_manager
         registry = manager.data_registry
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        totals = np.asarray(X.sum(1)).ravel()
+        totals = row_sums(X)
         if REGISTRY_KEYS.SIZE_FACTOR_KEY in registry:
             totals = np.asarray(manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR_KEY)).ravel()
         self.train_library_ = np.maximum(totals, 1.0).astype(np.float64)

@@ -19,7 +19,8 @@ from genvi.nn import PRIORS, ConditionEncoder, kl_to_prior
 from genvi.nn._adversary import AttributeHeads, attribute_losses, reverse_gradient
 
 GeneLikelihood = Literal["nb", "zinb", "poisson", "normal"]
-Dispersion = Literal["gene", "gene-batch", "gene-cell"]
+Dispersion = Literal["gene", "gene-batch", "gene-attribute", "gene-cell"]
+InteractionInput = Literal["latent", "expression", "profile", "context"]
 
 
 class CompositionalDecoder(nn.Module):
@@ -45,9 +46,16 @@ class CompositionalDecoder(nn.Module):
     interaction
         Whether to include the interaction network.
     interaction_input
-        What the interaction network sees besides the attributes: ``"latent"`` (z_u) or
-        ``"expression"`` (the log-proportions of the additive part, so that attribute values
-        with similar expression respond alike).
+        What the interaction network sees: ``"latent"`` (z_u and the attributes),
+        ``"expression"`` (the standardised log-proportions of the additive part and the
+        attributes), ``"profile"`` (those log-proportions only: an interaction is then a
+        function of the expression profile the attributes produce, so attribute values with
+        similar profiles, e.g. two monocyte types, respond alike, including to a combination
+        never seen in training) or ``"context"`` (one network per attribute, seeing that
+        attribute and the profile set by z_u and the other attributes).
+    n_keys
+        Number of attributes (the representation ``c`` is ``n_keys`` equal blocks); used by
+        ``"context"``.
     """
 
     def __init__(
@@ -59,12 +67,14 @@ class CompositionalDecoder(nn.Module):
         n_layers: int = 1,
         n_hidden: int = 128,
         interaction: bool = True,
-        interaction_input: Literal["expression", "latent"] = "latent",
+        interaction_input: InteractionInput = "latent",
+        n_keys: int = 1,
     ):
         super().__init__()
-        if interaction_input not in ("expression", "latent"):
+        if interaction_input not in ("expression", "latent", "profile", "context"):
             raise ValueError(
-                f"Unknown interaction_input {interaction_input!r}; use 'expression' or 'latent'."
+                f"Unknown interaction_input {interaction_input!r}; use 'latent', 'expression', "
+                "'profile' or 'context'."
             )
         self.interaction_input = interaction_input
         self.basal = FCLayers(
@@ -79,20 +89,33 @@ class CompositionalDecoder(nn.Module):
         self.basal_out = nn.Linear(n_hidden, n_output)
         self.additive = nn.Linear(n_cond, n_output, bias=False)
         self.interaction = None
+        self.n_keys = n_keys
         if interaction:
-            n_state = n_output if interaction_input == "expression" else n_latent
-            self.interaction = FCLayers(
-                n_state + n_cond,
-                n_hidden,
-                [n_batch],
-                n_layers=n_layers,
-                n_hidden=n_hidden,
-                dropout_rate=0.0,
-                use_batch_norm=False,
+            n_in = {
+                "latent": n_latent + n_cond,
+                "expression": n_output + n_cond,
+                "profile": n_output,
+                "context": n_output + n_cond // n_keys,
+            }[interaction_input]
+            n_nets = n_keys if interaction_input == "context" else 1
+            self.interaction = nn.ModuleList(
+                FCLayers(
+                    n_in,
+                    n_hidden,
+                    [n_batch],
+                    n_layers=n_layers,
+                    n_hidden=n_hidden,
+                    dropout_rate=0.0,
+                    use_batch_norm=False,
+                )
+                for _ in range(n_nets)
             )
-            self.interaction_out = nn.Linear(n_hidden, n_output)
-            nn.init.zeros_(self.interaction_out.weight)
-            nn.init.zeros_(self.interaction_out.bias)
+            self.interaction_out = nn.ModuleList(
+                nn.Linear(n_hidden, n_output) for _ in range(n_nets)
+            )
+            for layer in self.interaction_out:  # start from the purely additive decoder
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.px_r_decoder = nn.Linear(n_hidden, n_output)
         self.px_dropout_decoder = nn.Linear(n_hidden, n_output)
 
@@ -103,15 +126,46 @@ class CompositionalDecoder(nn.Module):
         if z.dim() == 3:
             c = c.expand(z.shape[0], -1, -1)
         hidden = self.basal(z, batch_index)
-        logits = self.basal_out(hidden) + self.additive(c)
+        basal = self.basal_out(hidden)
+        if self.interaction_input == "context" and self.interaction is not None:
+            return self._context_forward(basal, hidden, c, batch_index)
+        logits = basal + self.additive(c)
         inter = None
         if self.interaction is not None:
-            # "expression": the response depends on the cell's additive expression profile, so
-            # attribute values with similar profiles (e.g. two monocyte types) respond alike
-            state = logits.log_softmax(-1) if self.interaction_input == "expression" else z
-            inter = self.interaction_out(self.interaction(torch.cat([state, c], -1), batch_index))
+            if self.interaction_input == "latent":
+                state = torch.cat([z, c], -1)
+            else:
+                profile = _profile(logits)
+                state = (
+                    profile if self.interaction_input == "profile" else torch.cat([profile, c], -1)
+                )
+            inter = self.interaction_out[0](self.interaction[0](state, batch_index))
             logits = logits + inter
         return logits, hidden, inter
+
+    def _context_forward(
+        self, basal: torch.Tensor, hidden: torch.Tensor, c: torch.Tensor, batch_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits where each attribute's interaction depends on its context.
+
+        The context of an attribute is the expression profile set by z_u and the *other*
+        attributes, so a response learned in one context transfers to similar ones.
+        """
+        n_embed = c.shape[-1] // self.n_keys
+        parts = c.split(n_embed, -1)
+        weights = self.additive.weight.split(n_embed, -1)
+        effects = [nn.functional.linear(part, w) for part, w in zip(parts, weights, strict=True)]
+        logits = basal + sum(effects)
+        inter = torch.zeros_like(logits)
+        for k, (net, out) in enumerate(zip(self.interaction, self.interaction_out, strict=True)):
+            context = _profile(logits - effects[k])
+            inter = inter + out(net(torch.cat([context, parts[k]], -1), batch_index))
+        return logits + inter, hidden, inter
+
+
+def _profile(logits: torch.Tensor) -> torch.Tensor:
+    """Log-proportions standardised per cell: the profile's shape, not its scale."""
+    return nn.functional.layer_norm(logits.log_softmax(-1), logits.shape[-1:])
 
 
 class DisentVAE(BaseModuleClass):
@@ -157,7 +211,9 @@ class DisentVAE(BaseModuleClass):
     gene_likelihood
         ``"nb"``, ``"zinb"``, ``"poisson"`` or ``"normal"``.
     dispersion
-        ``"gene"``, ``"gene-batch"`` or ``"gene-cell"``.
+        ``"gene"``, ``"gene-batch"``, ``"gene-attribute"`` (per gene, shifted additively by
+        each attribute's representation, so a stimulated or rare cell type gets its own
+        overdispersion, also in an unseen combination) or ``"gene-cell"``.
     adversary_weight
         Weight of the adversarial loss; the encoder receives its gradient reversed.
     classification_weight
@@ -177,7 +233,8 @@ class DisentVAE(BaseModuleClass):
         Weight of the squared interaction term per cell (shrinks interactions towards the
         additive composition of the attributes).
     interaction_input
-        ``"expression"`` or ``"latent"``, see :class:`CompositionalDecoder`.
+        ``"profile"``, ``"latent"``, ``"expression"`` or ``"context"``, see
+        :class:`CompositionalDecoder`.
     cat_frequencies
         Training frequencies of each categorical attribute's labels (confusion targets);
         uniform by default.
@@ -201,15 +258,15 @@ class DisentVAE(BaseModuleClass):
         prior: str = "normal",
         prior_kwargs: dict | None = None,
         gene_likelihood: GeneLikelihood = "nb",
-        dispersion: Dispersion = "gene",
+        dispersion: Dispersion = "gene-attribute",
         adversary_weight: float = 10.0,
         classification_weight: float = 10.0,
         n_hidden_adversary: int = 64,
         attribute_dropout: float = 0.0,
         adversary_mode: Literal["confusion", "reversal"] = "confusion",
         interaction: bool = True,
-        interaction_weight: float = 1.0,
-        interaction_input: Literal["expression", "latent"] = "latent",
+        interaction_weight: float = 0.1,
+        interaction_input: InteractionInput = "profile",
         cat_frequencies: Sequence[Sequence[float]] | None = None,
         use_size_factor_key: bool = False,
     ):
@@ -221,9 +278,10 @@ class DisentVAE(BaseModuleClass):
                 f"Unknown gene_likelihood {gene_likelihood!r}; use 'nb', 'zinb', 'poisson' "
                 "or 'normal'."
             )
-        if dispersion not in ("gene", "gene-batch", "gene-cell"):
+        if dispersion not in ("gene", "gene-batch", "gene-attribute", "gene-cell"):
             raise ValueError(
-                f"Unknown dispersion {dispersion!r}; use 'gene', 'gene-batch' or 'gene-cell'."
+                f"Unknown dispersion {dispersion!r}; use 'gene', 'gene-batch', "
+                "'gene-attribute' or 'gene-cell'."
             )
         if adversary_weight < 0 or classification_weight < 0:
             raise ValueError("adversary_weight and classification_weight must be >= 0.")
@@ -280,11 +338,15 @@ class DisentVAE(BaseModuleClass):
             n_hidden,
             interaction=interaction,
             interaction_input=interaction_input,
+            n_keys=self.condition_encoder.n_keys,
         )
-        if dispersion == "gene":
+        if dispersion in ("gene", "gene-attribute"):
             self.px_r = nn.Parameter(torch.randn(n_input))
         elif dispersion == "gene-batch":
             self.px_r = nn.Parameter(torch.randn(n_input, n_batch))
+        if dispersion == "gene-attribute":  # starts at the per-gene dispersion
+            self.px_r_attribute = nn.Linear(n_cond, n_input, bias=False)
+            nn.init.zeros_(self.px_r_attribute.weight)
         self.adversary = AttributeHeads(
             n_latent, n_cats_per_key, n_ordered, n_hidden=n_hidden_adversary, dropout_rate=0.0
         )
@@ -438,12 +500,12 @@ class DisentVAE(BaseModuleClass):
         """p(x | z_u, attributes, batch); ``z`` may carry a leading sample dimension."""
         logits, hidden, inter = self.decoder(z, c, batch_index)
         if self.gene_likelihood == "normal":
-            scale = self._dispersion(self.decoder.px_r_decoder(hidden), batch_index)
+            scale = self._dispersion(self.decoder.px_r_decoder(hidden), batch_index, c)
             px = Normal(logits, scale, normal_mu=logits)
         else:
             px_scale = logits.softmax(-1)
             px_rate = torch.exp(library) * px_scale
-            theta = self._dispersion(self.decoder.px_r_decoder(hidden), batch_index)
+            theta = self._dispersion(self.decoder.px_r_decoder(hidden), batch_index, c)
             if self.gene_likelihood == "nb":
                 px = NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
             elif self.gene_likelihood == "zinb":
@@ -457,7 +519,13 @@ class DisentVAE(BaseModuleClass):
                 px = Poisson(rate=px_rate, scale=px_scale)
         return (px, inter) if return_interaction else px
 
-    def _dispersion(self, px_r_cell: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+    def _dispersion(
+        self, px_r_cell: torch.Tensor, batch_index: torch.Tensor, c: torch.Tensor
+    ) -> torch.Tensor:
+        if self.dispersion == "gene-attribute":
+            if c.dim() < px_r_cell.dim():
+                c = c.expand(*px_r_cell.shape[:-1], -1)
+            return torch.exp(self.px_r + self.px_r_attribute(c))
         if self.dispersion == "gene-cell":
             return torch.exp(px_r_cell)
         if self.dispersion == "gene-batch":

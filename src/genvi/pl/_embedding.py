@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from genvi._threads import keep_torch_threads
+
 
 def real_vs_generated(
     real: AnnData,
@@ -71,8 +73,9 @@ def real_vs_generated(
     joint = AnnData(np.zeros((len(obs), 1), dtype=np.float32), obs=obs)
     joint.obsm["X_pca"] = pcs
     if basis == "umap":
-        sc.pp.neighbors(joint, use_rep="X_pca", random_state=seed)
-        sc.tl.umap(joint, random_state=seed)
+        with keep_torch_threads():
+            sc.pp.neighbors(joint, use_rep="X_pca", random_state=seed)
+            sc.tl.umap(joint, random_state=seed)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     plot = sc.pl.umap if basis == "umap" else sc.pl.pca
     plot(joint, color="source", ax=axes[0], show=False, title="real vs generated")
