@@ -63,9 +63,9 @@ _THREAD_LIMITS: list[Any] = []
 def set_threads(n: int | None) -> None:
     """Use ``n`` threads in torch *and* in numpy / scipy / sklearn's BLAS and OpenMP pools.
 
-    ``torch.set_num_threads`` alone leaves the BLAS pools at one thread per core; on a shared
-    2-core machine their idle threads spinning beside torch halved the speed of two parallel
-    benchmark processes.
+    ``torch.set_num_threads`` alone leaves the BLAS pools at one thread per core, so parallel
+    benchmark processes on a small machine oversubscribe it. (genvi itself restores torch's
+    count after scanpy's numba kernels reset it; see ``genvi._threads``.)
     """
     if not n:
         return
