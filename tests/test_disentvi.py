@@ -245,7 +245,7 @@ def test_gene_attribute_dispersion_recovers_condition_specific_overdispersion():
     assert ll_attr > ll_gene  # the better-specified noise model explains the data better
 
 
-@pytest.mark.parametrize("interaction_input", ["expression", "profile", "context"])
+@pytest.mark.parametrize("interaction_input", ["latent", "expression", "profile", "context"])
 def test_interaction_inputs_start_additive_and_round_trip(tiny, tmp_path, interaction_input):
     DisentVI.setup_anndata(tiny, categorical_attributes=["cell_type", "treatment"])
     scvi.settings.seed = 0
