@@ -77,6 +77,20 @@ def check_counts(X, what: str = "the expression matrix") -> None:
             )
 
 
+def check_obs_columns(adata: AnnData, keys: Sequence[str], roles: str) -> None:
+    """Check that each key is a column of ``adata.obs`` and plays only one of ``roles``."""
+    missing = [k for k in keys if k not in adata.obs.columns]
+    if missing:
+        raise ValueError(
+            f"Keys {missing} are not columns of adata.obs (available: {list(adata.obs.columns)})."
+        )
+    dup = sorted({k for k in keys if list(keys).count(k) > 1})
+    if dup:
+        raise ValueError(
+            f"Keys {dup} are used more than once (as {roles}); each obs column can play one role."
+        )
+
+
 def check_obs_keys(
     adata: AnnData,
     condition_keys: Sequence[str],
@@ -87,17 +101,9 @@ def check_obs_keys(
     """Check that every registered obs column exists, is used once and holds valid values."""
     all_keys = [*condition_keys, *continuous_keys]
     all_keys += [k for k in (batch_key, size_factor_key) if k is not None]
-    missing = [k for k in all_keys if k not in adata.obs.columns]
-    if missing:
-        raise ValueError(
-            f"Keys {missing} are not columns of adata.obs (available: {list(adata.obs.columns)})."
-        )
-    dup = sorted({k for k in all_keys if all_keys.count(k) > 1})
-    if dup:
-        raise ValueError(
-            f"Keys {dup} are used more than once (as categorical condition, continuous "
-            "condition, batch or size factor); each obs column can play one role."
-        )
+    check_obs_columns(
+        adata, all_keys, "categorical condition, continuous condition, batch or size factor"
+    )
     for key in [*condition_keys, *([batch_key] if batch_key else [])]:
         n_nan = int(pd.isna(adata.obs[key]).sum())
         if n_nan:

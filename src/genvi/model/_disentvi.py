@@ -24,7 +24,13 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 from scvi.utils import setup_anndata_dsp
 
 from genvi._constants import GENVI_REGISTRY_KEYS
-from genvi._validation import check_counts, check_finite, check_genes, get_matrix, row_sums
+from genvi._validation import (
+    check_counts,
+    check_finite,
+    check_genes,
+    check_obs_columns,
+    get_matrix,
+)
 from genvi.model.base import (
     GenerativeMixin,
     GenviTrainingPlan,
@@ -220,7 +226,7 @@ class DisentVI(
         if gene_likelihood != "normal":
             check_counts(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         schema = self._schema
-        cont = self._ordered_values()
+        cont = self._continuous_values()
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
             n_batch=self.summary_stats.n_batch,
@@ -271,42 +277,6 @@ class DisentVI(
             col = codes[:, j][codes[:, j] >= 0].astype(int)
             freqs.append((np.bincount(col, minlength=len(cats)) / max(len(col), 1)).tolist())
         return freqs
-
-    def _ordered_values(self) -> np.ndarray | None:
-        if self._cont_registry_key not in self.adata_manager.data_registry:
-            return None
-        return np.asarray(self.adata_manager.get_from_registry(self._cont_registry_key), float)
-
-    def _initialize_pseudo_inputs(self, max_cells: int = 5000) -> None:
-        """Start VampPrior pseudo-inputs at real cells (overwritten by weights on load)."""
-        X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        rng = np.random.default_rng(0)
-        idx = np.sort(rng.choice(X.shape[0], size=min(max_cells, X.shape[0]), replace=False))
-        rows = X[idx]
-        rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
-        x = torch.as_tensor(rows, dtype=torch.float32)
-        self.module.prior.initialize_pseudo_inputs(self.module.encoder_input(x))
-
-    def _store_training_reference(self) -> None:
-        """Per-cell library sizes, attribute codes and batches of the training data."""
-        manager = self.adata_manager
-        registry = manager.data_registry
-        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        totals = row_sums(X)
-        if REGISTRY_KEYS.SIZE_FACTOR_KEY in registry:
-            totals = np.asarray(manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR_KEY)).ravel()
-        self.train_library_ = np.maximum(totals, 1.0).astype(np.float64)
-        if self._cat_registry_key in registry:
-            codes = np.asarray(manager.get_from_registry(self._cat_registry_key))
-        else:
-            codes = np.zeros((len(totals), 0))
-        self.train_codes_ = codes.astype(np.int32)  # -1 = missing label (never matched)
-        batch = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
-        self.train_batch_ = batch.astype(np.int64)
-        batch_state = manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-        self.batch_categories_ = [str(c) for c in batch_state.categorical_mapping]
-        self.batch_key_ = manager.registry["setup_args"].get("batch_key")
-        self.var_names_ = np.asarray(self.adata.var_names, dtype=str)
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
         if adata is not None:
@@ -677,17 +647,7 @@ def _check_attributes(
             "ordered_attributes."
         )
     keys = [*categorical, *ordered, *(k for k in (batch_key, size_factor_key) if k is not None)]
-    missing = [k for k in keys if k not in adata.obs.columns]
-    if missing:
-        raise ValueError(
-            f"Keys {missing} are not columns of adata.obs (available: {list(adata.obs.columns)})."
-        )
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise ValueError(
-            f"Keys {dup} are used more than once (as attribute, batch or size factor); each obs "
-            "column can play one role."
-        )
+    check_obs_columns(adata, keys, "attribute, batch or size factor")
     for key in ordered:
         col = adata.obs[key]
         if not pd.api.types.is_numeric_dtype(col):

@@ -7,8 +7,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
-import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -24,7 +22,7 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 from scvi.utils import setup_anndata_dsp
 
 from genvi._constants import GENVI_REGISTRY_KEYS
-from genvi._validation import check_counts, check_finite, check_obs_keys, get_matrix, row_sums
+from genvi._validation import check_counts, check_finite, check_obs_keys, get_matrix
 from genvi.model.base import (
     GenerativeMixin,
     GenviTrainingPlan,
@@ -157,43 +155,6 @@ class PriorVI(
             f"conditions={schema.keys or 'none'}"
         )
         self.init_params_ = self._get_init_params(locals())
-
-    # ------------------------------------------------------------------ registry helpers
-    def _continuous_values(self) -> np.ndarray | None:
-        if self._cont_registry_key not in self.adata_manager.data_registry:
-            return None
-        return np.asarray(self.adata_manager.get_from_registry(self._cont_registry_key), float)
-
-    def _initialize_pseudo_inputs(self, max_cells: int = 5000) -> None:
-        """Start VampPrior pseudo-inputs at real cells (overwritten by weights on load)."""
-        X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        rng = np.random.default_rng(0)
-        idx = np.sort(rng.choice(X.shape[0], size=min(max_cells, X.shape[0]), replace=False))
-        rows = X[idx]
-        rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
-        x = torch.as_tensor(rows, dtype=torch.float32)
-        self.module.prior.initialize_pseudo_inputs(self.module.encoder_input(x))
-
-    def _store_training_reference(self) -> None:
-        """Keep per-cell library sizes, condition codes and batches of the training data."""
-        manager = self.adata_manager
-        registry = manager.data_registry
-        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        totals = row_sums(X)
-        if REGISTRY_KEYS.SIZE_FACTOR_KEY in registry:
-            totals = np.asarray(manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR_KEY)).ravel()
-        self.train_library_ = np.maximum(totals, 1.0).astype(np.float64)
-        if self._cat_registry_key in registry:
-            codes = np.asarray(manager.get_from_registry(self._cat_registry_key))
-        else:
-            codes = np.zeros((len(totals), 0))
-        self.train_codes_ = codes.astype(np.int32)
-        self.train_batch_ = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
-        self.train_batch_ = self.train_batch_.astype(np.int64)
-        batch_state = manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-        self.batch_categories_ = [str(c) for c in batch_state.categorical_mapping]
-        self.batch_key_ = manager.registry["setup_args"].get("batch_key")
-        self.var_names_ = np.asarray(self.adata.var_names, dtype=str)
 
     # ------------------------------------------------------------------ training
     def train(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.distributions import NegativeBinomial, Normal, Poisson, ZeroInflatedNegativeBinomial
+from scvi.distributions import Normal
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder, FCLayers
 from torch import nn
@@ -15,10 +15,15 @@ from torch.distributions import Distribution
 from torch.func import functional_call
 
 from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi.module._count_vae import (
+    CountVAEMixin,
+    GeneLikelihood,
+    check_module_options,
+    count_distribution,
+)
 from genvi.nn import PRIORS, ConditionEncoder, kl_to_prior
 from genvi.nn._adversary import AttributeHeads, attribute_losses, reverse_gradient
 
-GeneLikelihood = Literal["nb", "zinb", "poisson", "normal"]
 Dispersion = Literal["gene", "gene-batch", "gene-attribute", "gene-cell"]
 InteractionInput = Literal["latent", "expression", "profile", "context"]
 
@@ -168,7 +173,7 @@ def _profile(logits: torch.Tensor) -> torch.Tensor:
     return nn.functional.layer_norm(logits.log_softmax(-1), logits.shape[-1:])
 
 
-class DisentVAE(BaseModuleClass):
+class DisentVAE(CountVAEMixin, BaseModuleClass):
     """VAE with one representation per known attribute and an attribute-free unknown latent.
 
     * q(z_u | x): amortised encoder of the *unknown* latent from expression only.
@@ -271,18 +276,7 @@ class DisentVAE(BaseModuleClass):
         use_size_factor_key: bool = False,
     ):
         super().__init__()
-        if prior not in PRIORS:
-            raise ValueError(f"Unknown prior {prior!r}; choose one of {sorted(PRIORS)}.")
-        if gene_likelihood not in ("nb", "zinb", "poisson", "normal"):
-            raise ValueError(
-                f"Unknown gene_likelihood {gene_likelihood!r}; use 'nb', 'zinb', 'poisson' "
-                "or 'normal'."
-            )
-        if dispersion not in ("gene", "gene-batch", "gene-attribute", "gene-cell"):
-            raise ValueError(
-                f"Unknown dispersion {dispersion!r}; use 'gene', 'gene-batch', "
-                "'gene-attribute' or 'gene-cell'."
-            )
+        check_module_options(prior, gene_likelihood, dispersion, get_args(Dispersion))
         if adversary_weight < 0 or classification_weight < 0:
             raise ValueError("adversary_weight and classification_weight must be >= 0.")
         if adversary_mode not in ("confusion", "reversal"):
@@ -419,20 +413,6 @@ class DisentVAE(BaseModuleClass):
             c = torch.cat(parts, dim=1)
         return c
 
-    def library_from_counts(
-        self, x: torch.Tensor, size_factor: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Log library size (observed), or log size factor when one is registered."""
-        if self.gene_likelihood == "normal":
-            return torch.zeros(x.shape[0], 1, device=x.device)
-        if self.use_size_factor_key and size_factor is not None:
-            return torch.log(size_factor)
-        return torch.log(x.sum(1, keepdim=True).clamp_min(1.0))
-
-    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the encoder sees of the expression: log1p counts, or the data for ``normal``."""
-        return x if self.gene_likelihood == "normal" else torch.log1p(x)
-
     def predictor_input(self, x: torch.Tensor) -> torch.Tensor:
         """Depth-normalised log expression for the attribute predictors."""
         if self.gene_likelihood == "normal":
@@ -506,17 +486,10 @@ class DisentVAE(BaseModuleClass):
             px_scale = logits.softmax(-1)
             px_rate = torch.exp(library) * px_scale
             theta = self._dispersion(self.decoder.px_r_decoder(hidden), batch_index, c)
-            if self.gene_likelihood == "nb":
-                px = NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
-            elif self.gene_likelihood == "zinb":
-                px = ZeroInflatedNegativeBinomial(
-                    mu=px_rate,
-                    theta=theta,
-                    zi_logits=self.decoder.px_dropout_decoder(hidden),
-                    scale=px_scale,
-                )
-            else:
-                px = Poisson(rate=px_rate, scale=px_scale)
+            zi_logits = (
+                self.decoder.px_dropout_decoder(hidden) if self.gene_likelihood == "zinb" else None
+            )
+            px = count_distribution(self.gene_likelihood, px_scale, px_rate, theta, zi_logits)
         return (px, inter) if return_interaction else px
 
     def _dispersion(
@@ -586,43 +559,3 @@ class DisentVAE(BaseModuleClass):
         if values is not None:
             confusion = confusion + (values**2).sum(-1)
         return fit + confusion
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.inference_mode()
-    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        """Posterior predictive samples ``(n, genes)`` or ``(n, genes, n_samples)``."""
-        _, gen = self.forward(
-            tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
-        )
-        samples = gen["px"].sample()
-        return samples.permute(1, 2, 0).cpu() if n_samples > 1 else samples.cpu()
-
-    @torch.inference_mode()
-    def marginal_ll(
-        self,
-        tensors: dict[str, torch.Tensor],
-        n_mc_samples: int = 100,
-        return_mean: bool = False,
-        n_mc_samples_per_pass: int = 25,
-    ) -> torch.Tensor | float:
-        """Importance-weighted estimate of log p(x | attributes) per cell.
-
-        Missing categorical labels are replaced by the predictors' soft assignment.
-        """
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        inf_in = self._get_inference_input(tensors)
-        chunks = []
-        done = 0
-        while done < n_mc_samples:
-            s = min(n_mc_samples_per_pass, n_mc_samples - done)
-            inf = self.inference(**inf_in, n_samples=max(s, 2))
-            z = inf["z"][:s]
-            gen = self.generative(z, inf["library"], inf["c"], tensors[REGISTRY_KEYS.BATCH_KEY])
-            log_px = gen["px"].log_prob(x.to(z.device)).sum(-1)
-            log_pz = gen["pz"].log_prob(z)
-            log_qz = inf["qz"].log_prob(z).sum(-1)
-            chunks.append(log_px + log_pz - log_qz)
-            done += s
-        log_w = torch.cat(chunks, dim=0)
-        ll = torch.logsumexp(log_w, dim=0) - torch.log(torch.tensor(float(n_mc_samples)))
-        return ll.mean().item() if return_mean else ll

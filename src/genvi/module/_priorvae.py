@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.distributions import NegativeBinomial, Normal, Poisson, ZeroInflatedNegativeBinomial
+from scvi.distributions import Normal
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import DecoderSCVI, Encoder
 from torch import nn
 from torch.distributions import Distribution
 
 from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi.module._count_vae import (
+    CountVAEMixin,
+    GeneLikelihood,
+    check_module_options,
+    count_distribution,
+)
 from genvi.nn import PRIORS, ConditionEncoder, kl_to_prior
 
-GeneLikelihood = Literal["nb", "zinb", "poisson", "normal"]
 Dispersion = Literal["gene", "gene-batch", "gene-cell"]
 
 
-class PriorVAE(BaseModuleClass):
+class PriorVAE(CountVAEMixin, BaseModuleClass):
     """Conditional-prior VAE for expression data.
 
     Encoder q(z | x, c), decoder p(x | z, batch) (or p(x | z, c, batch)) with a count
@@ -86,15 +91,7 @@ class PriorVAE(BaseModuleClass):
         decode_conditions: bool = False,
     ):
         super().__init__()
-        if prior not in PRIORS:
-            raise ValueError(f"Unknown prior {prior!r}; choose one of {sorted(PRIORS)}.")
-        if gene_likelihood not in ("nb", "zinb", "poisson", "normal"):
-            raise ValueError(
-                f"Unknown gene_likelihood {gene_likelihood!r}; use 'nb', 'zinb', 'poisson' "
-                "or 'normal'."
-            )
-        if dispersion not in ("gene", "gene-batch", "gene-cell"):
-            raise ValueError(f"Unknown dispersion {dispersion!r}.")
+        check_module_options(prior, gene_likelihood, dispersion, get_args(Dispersion))
         self.n_input = n_input
         self.n_batch = n_batch
         self.n_latent = n_latent
@@ -170,21 +167,7 @@ class PriorVAE(BaseModuleClass):
             return torch.ones(n, 1, device=self.device)
         return self.condition_encoder(cond_cat, cond_cont, keep)
 
-    def library_from_counts(
-        self, x: torch.Tensor, size_factor: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Log library size (observed), or log size factor when one is registered."""
-        if self.gene_likelihood == "normal":
-            return torch.zeros(x.shape[0], 1, device=x.device)
-        if self.use_size_factor_key and size_factor is not None:
-            return torch.log(size_factor)
-        return torch.log(x.sum(1, keepdim=True).clamp_min(1.0))
-
     # ------------------------------------------------------------------ model
-    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the encoder sees of the expression: log1p counts, or the data for ``normal``."""
-        return x if self.gene_likelihood == "normal" else torch.log1p(x)
-
     def encode(self, x_in: torch.Tensor, c: torch.Tensor) -> Distribution:
         """q(z | x, c) from the encoder input and the condition embedding."""
         qz, _ = self.z_encoder(torch.cat([x_in, c], dim=-1))
@@ -243,13 +226,7 @@ class PriorVAE(BaseModuleClass):
             self.dispersion, dec_in, library, batch_index
         )
         theta = self._dispersion(px_r, batch_index)
-        if self.gene_likelihood == "nb":
-            return NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
-        if self.gene_likelihood == "zinb":
-            return ZeroInflatedNegativeBinomial(
-                mu=px_rate, theta=theta, zi_logits=px_dropout, scale=px_scale
-            )
-        return Poisson(rate=px_rate, scale=px_scale)
+        return count_distribution(self.gene_likelihood, px_scale, px_rate, theta, px_dropout)
 
     def _dispersion(
         self,
@@ -279,40 +256,3 @@ class PriorVAE(BaseModuleClass):
         kl = kl_to_prior(inference_outputs["qz"], generative_outputs["pz"], inference_outputs["z"])
         loss = torch.mean(rec + kl_weight * kl)
         return LossOutput(loss=loss, reconstruction_loss=rec, kl_local=kl)
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.inference_mode()
-    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        """Posterior predictive samples ``(n, genes)`` or ``(n, genes, n_samples)``."""
-        _, gen = self.forward(
-            tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
-        )
-        samples = gen["px"].sample()
-        return samples.permute(1, 2, 0).cpu() if n_samples > 1 else samples.cpu()
-
-    @torch.inference_mode()
-    def marginal_ll(
-        self,
-        tensors: dict[str, torch.Tensor],
-        n_mc_samples: int = 100,
-        return_mean: bool = False,
-        n_mc_samples_per_pass: int = 25,
-    ) -> torch.Tensor | float:
-        """Importance-weighted estimate of log p(x | c) per cell (library size observed)."""
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        inf_in = self._get_inference_input(tensors)
-        chunks = []
-        done = 0
-        while done < n_mc_samples:
-            s = min(n_mc_samples_per_pass, n_mc_samples - done)
-            inf = self.inference(**inf_in, n_samples=max(s, 2))
-            z = inf["z"][:s]
-            gen = self.generative(z, inf["library"], inf["c"], tensors[REGISTRY_KEYS.BATCH_KEY])
-            log_px = gen["px"].log_prob(x.to(z.device)).sum(-1)
-            log_pz = gen["pz"].log_prob(z)
-            log_qz = inf["qz"].log_prob(z).sum(-1)
-            chunks.append(log_px + log_pz - log_qz)
-            done += s
-        log_w = torch.cat(chunks, dim=0)
-        ll = torch.logsumexp(log_w, dim=0) - torch.log(torch.tensor(float(n_mc_samples)))
-        return ll.mean().item() if return_mean else ll

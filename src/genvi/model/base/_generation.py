@@ -56,6 +56,46 @@ class GenerativeMixin:
             continuous = list(manager.get_state_registry(self._cont_registry_key).columns)
         return ConditionSchema(categorical, continuous)
 
+    # ------------------------------------------------------------------ training reference
+    def _continuous_values(self) -> np.ndarray | None:
+        if self._cont_registry_key not in self.adata_manager.data_registry:
+            return None
+        return np.asarray(self.adata_manager.get_from_registry(self._cont_registry_key), float)
+
+    def _initialize_pseudo_inputs(self, max_cells: int = 5000) -> None:
+        """Start VampPrior pseudo-inputs at real cells (overwritten by weights on load)."""
+        X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        rng = np.random.default_rng(0)
+        idx = np.sort(rng.choice(X.shape[0], size=min(max_cells, X.shape[0]), replace=False))
+        rows = X[idx]
+        rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
+        x = torch.as_tensor(rows, dtype=torch.float32)
+        self.module.prior.initialize_pseudo_inputs(self.module.encoder_input(x))
+
+    def _store_training_reference(self) -> None:
+        """Keep per-cell library sizes, condition codes and batches of the training data.
+
+        Generation draws reference cells (library size, batch) from these arrays.
+        """
+        manager = self.adata_manager
+        registry = manager.data_registry
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        totals = row_sums(X)
+        if REGISTRY_KEYS.SIZE_FACTOR_KEY in registry:
+            totals = np.asarray(manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR_KEY)).ravel()
+        self.train_library_ = np.maximum(totals, 1.0).astype(np.float64)
+        if self._cat_registry_key in registry:
+            codes = np.asarray(manager.get_from_registry(self._cat_registry_key))
+        else:
+            codes = np.zeros((len(totals), 0))
+        self.train_codes_ = codes.astype(np.int32)  # -1 = missing label (never matched)
+        batch = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        self.train_batch_ = batch.astype(np.int64)
+        batch_state = manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        self.batch_categories_ = [str(c) for c in batch_state.categorical_mapping]
+        self.batch_key_ = manager.registry["setup_args"].get("batch_key")
+        self.var_names_ = np.asarray(self.adata.var_names, dtype=str)
+
     # ------------------------------------------------------------------ hooks
     def _sample_latent(self, c: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.module.prior(c).sample()

@@ -1,0 +1,110 @@
+"""What PriorVAE and DisentVAE share: count input handling, sampling, likelihoods."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
+from torch.distributions import Distribution
+
+from genvi.nn import PRIORS
+
+GeneLikelihood = Literal["nb", "zinb", "poisson", "normal"]
+
+
+def check_module_options(
+    prior: str, gene_likelihood: str, dispersion: str, dispersions: tuple[str, ...]
+) -> None:
+    """Raise a ``ValueError`` naming the valid choices for an unknown option."""
+    if prior not in PRIORS:
+        raise ValueError(f"Unknown prior {prior!r}; choose one of {sorted(PRIORS)}.")
+    if gene_likelihood not in get_args(GeneLikelihood):
+        raise ValueError(
+            f"Unknown gene_likelihood {gene_likelihood!r}; use 'nb', 'zinb', 'poisson' or 'normal'."
+        )
+    if dispersion not in dispersions:
+        raise ValueError(
+            f"Unknown dispersion {dispersion!r}; use one of {', '.join(map(repr, dispersions))}."
+        )
+
+
+def count_distribution(
+    gene_likelihood: str,
+    px_scale: torch.Tensor,
+    px_rate: torch.Tensor,
+    theta: torch.Tensor,
+    zi_logits: torch.Tensor | None,
+) -> Distribution:
+    """The NB, ZINB or Poisson distribution of counts (``scvi.distributions``)."""
+    if gene_likelihood == "nb":
+        return NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
+    if gene_likelihood == "zinb":
+        return ZeroInflatedNegativeBinomial(
+            mu=px_rate, theta=theta, zi_logits=zi_logits, scale=px_scale
+        )
+    return Poisson(rate=px_rate, scale=px_scale)
+
+
+class CountVAEMixin:
+    """Library sizes, encoder input, posterior predictive samples and marginal likelihoods.
+
+    For modules with ``gene_likelihood``, ``use_size_factor_key``, ``_get_inference_input``,
+    ``inference(..., n_samples)`` returning ``qz``, ``z``, ``library``, ``c`` and
+    ``generative(z, library, c, batch_index)`` returning ``px`` and ``pz``.
+    """
+
+    def library_from_counts(
+        self, x: torch.Tensor, size_factor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Log library size (observed), or log size factor when one is registered."""
+        if self.gene_likelihood == "normal":
+            return torch.zeros(x.shape[0], 1, device=x.device)
+        if self.use_size_factor_key and size_factor is not None:
+            return torch.log(size_factor)
+        return torch.log(x.sum(1, keepdim=True).clamp_min(1.0))
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees of the expression: log1p counts, or the data for ``normal``."""
+        return x if self.gene_likelihood == "normal" else torch.log1p(x)
+
+    @torch.inference_mode()
+    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
+        """Posterior predictive samples ``(n, genes)`` or ``(n, genes, n_samples)``."""
+        _, gen = self.forward(
+            tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
+        )
+        samples = gen["px"].sample()
+        return samples.permute(1, 2, 0).cpu() if n_samples > 1 else samples.cpu()
+
+    @torch.inference_mode()
+    def marginal_ll(
+        self,
+        tensors: dict[str, torch.Tensor],
+        n_mc_samples: int = 100,
+        return_mean: bool = False,
+        n_mc_samples_per_pass: int = 25,
+    ) -> torch.Tensor | float:
+        """Importance-weighted estimate of log p(x | conditions) per cell.
+
+        The library size is observed; a missing categorical label (DisentVAE) is replaced by
+        the predictors' soft assignment.
+        """
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        inf_in = self._get_inference_input(tensors)
+        chunks = []
+        done = 0
+        while done < n_mc_samples:
+            s = min(n_mc_samples_per_pass, n_mc_samples - done)
+            inf = self.inference(**inf_in, n_samples=max(s, 2))
+            z = inf["z"][:s]
+            gen = self.generative(z, inf["library"], inf["c"], tensors[REGISTRY_KEYS.BATCH_KEY])
+            log_px = gen["px"].log_prob(x.to(z.device)).sum(-1)
+            log_pz = gen["pz"].log_prob(z)
+            log_qz = inf["qz"].log_prob(z).sum(-1)
+            chunks.append(log_px + log_pz - log_qz)
+            done += s
+        log_w = torch.cat(chunks, dim=0)
+        ll = torch.logsumexp(log_w, dim=0) - torch.log(torch.tensor(float(n_mc_samples)))
+        return ll.mean().item() if return_mean else ll
