@@ -158,38 +158,35 @@ def as_counts(template: ad.AnnData, x: np.ndarray) -> ad.AnnData:
 DISENTVI_KWARGS: dict[str, Any] = {}
 
 
-def predict_disentvi(train, ctrl, epochs, seed) -> tuple[ad.AnnData, float]:
-    """Train DisentVI; swap the condition of the control cells."""
+def _predict_genvi(model_cls, setup_kwargs, model_kwargs, train, ctrl, epochs, seed):
+    """Train a genvi model on ``train``; swap the control cells' condition to stimulated."""
     import scvi
-
-    from genvi.model import DisentVI
 
     adata = train.copy()
     scvi.settings.seed = seed
-    DisentVI.setup_anndata(adata, categorical_attributes=[CELL_TYPE, CONDITION])
-    model = DisentVI(adata, **DISENTVI_KWARGS)
+    model_cls.setup_anndata(adata, **setup_kwargs)
+    model = model_cls(adata, **model_kwargs)
     _, seconds = timed(
         lambda: model.train(max_epochs=epochs, batch_size=BATCH_SIZE, enable_progress_bar=False)
     )
     pred = model.predict_counterfactual(ctrl.copy(), {CONDITION: STIMULATED}, seed=seed)
     return as_counts(ctrl, _dense(pred.X)), seconds
+
+
+def predict_disentvi(train, ctrl, epochs, seed) -> tuple[ad.AnnData, float]:
+    """DisentVI: each control cell keeps its unknown latent, the condition is swapped."""
+    from genvi.model import DisentVI
+
+    setup = {"categorical_attributes": [CELL_TYPE, CONDITION]}
+    return _predict_genvi(DisentVI, setup, DISENTVI_KWARGS, train, ctrl, epochs, seed)
 
 
 def predict_priorvi(train, ctrl, epochs, seed) -> tuple[ad.AnnData, float]:
-    """Train PriorVI; ``predict_counterfactual`` to stimulated."""
-    import scvi
-
+    """PriorVI: ``predict_counterfactual`` (prior transport) to stimulated."""
     from genvi.model import PriorVI
 
-    adata = train.copy()
-    scvi.settings.seed = seed
-    PriorVI.setup_anndata(adata, condition_keys=[CELL_TYPE, CONDITION])
-    model = PriorVI(adata)
-    _, seconds = timed(
-        lambda: model.train(max_epochs=epochs, batch_size=BATCH_SIZE, enable_progress_bar=False)
-    )
-    pred = model.predict_counterfactual(ctrl.copy(), {CONDITION: STIMULATED}, seed=seed)
-    return as_counts(ctrl, _dense(pred.X)), seconds
+    setup = {"condition_keys": [CELL_TYPE, CONDITION]}
+    return _predict_genvi(PriorVI, setup, {}, train, ctrl, epochs, seed)
 
 
 def predict_scvi(train, ctrl, epochs, seed) -> tuple[ad.AnnData, float]:
