@@ -101,14 +101,20 @@ def test_gaussian_transport_maps_one_prior_onto_the_other():
     assert torch.allclose(moved.std(0), target.stddev[0], rtol=0.05)
 
 
-def test_mixture_prior_depends_on_condition():
+def test_mixture_prior_is_the_condition_weighted_mixture():
     torch.manual_seed(5)
     prior = MixtureOfGaussiansPrior(n_latent=2, n_cond=2, n_components=4)
     _perturb(prior, 1.0)
-    z = torch.randn(10, 2)
-    lp1 = prior(torch.zeros(10, 2)).log_prob(z)
-    lp2 = prior(torch.ones(10, 2)).log_prob(z)
-    assert not torch.allclose(lp1, lp2)
+    z, c = torch.randn(10, 2), torch.randn(10, 2)
+    with torch.no_grad():
+        log_w = torch.log_softmax(prior.logits_net(c), -1)  # (n, K), depends on c
+        loc = prior.locs + prior.shift_net(c).unsqueeze(1)  # (n, K, d)
+        scale = torch.nn.functional.softplus(prior.raw_scales) + 1e-4
+        comp = Normal(loc, scale).log_prob(z.unsqueeze(1)).sum(-1)
+        manual = torch.logsumexp(log_w + comp, -1)
+        assert torch.allclose(prior(c).log_prob(z), manual, atol=1e-5)
+        # two conditions differ in weights and in location, as the network says
+        assert (log_w[0] - log_w[1]).abs().max() > 0.1
 
 
 def test_vamp_prior_components_are_encoded_pseudo_inputs():

@@ -97,31 +97,40 @@ def check_obs_keys(
     continuous_keys: Sequence[str],
     batch_key: str | None,
     size_factor_key: str | None,
+    missing_labels: bool = False,
 ) -> None:
-    """Check that every registered obs column exists, is used once and holds valid values."""
+    """Check that every registered obs column exists, is used once and holds valid values.
+
+    ``missing_labels=True`` (DisentVI's attributes) allows NaN categorical labels, which the
+    model imputes; continuous values and batches may never be missing.
+    """
     all_keys = [*condition_keys, *continuous_keys]
     all_keys += [k for k in (batch_key, size_factor_key) if k is not None]
     check_obs_columns(
         adata, all_keys, "categorical condition, continuous condition, batch or size factor"
     )
-    for key in [*condition_keys, *([batch_key] if batch_key else [])]:
+    labels = [] if missing_labels else list(condition_keys)
+    for key in [*labels, *([batch_key] if batch_key else [])]:
         n_nan = int(pd.isna(adata.obs[key]).sum())
         if n_nan:
             raise ValueError(
                 f"obs[{key!r}] has {n_nan} missing (NaN) values. Fill them with an explicit "
-                f"category (e.g. `adata.obs[{key!r}] = adata.obs[{key!r}].cat.add_categories("
-                "'unknown').fillna('unknown')`) or drop those cells."
+                f"category (e.g. `adata.obs[{key!r}] = adata.obs[{key!r}].astype(object)"
+                ".fillna('unknown').astype('category')`) or drop those cells."
             )
     for key in [*continuous_keys, *([size_factor_key] if size_factor_key else [])]:
         col = adata.obs[key]
         if not pd.api.types.is_numeric_dtype(col):
             raise ValueError(
-                f"obs[{key!r}] must be numeric to be a continuous condition (dtype {col.dtype}); "
-                "list it in condition_keys if it is categorical."
+                f"obs[{key!r}] must be numeric to be a continuous condition or ordered attribute "
+                f"(dtype {col.dtype}); list it as categorical if it is a label."
             )
-        if not np.all(np.isfinite(col.to_numpy(dtype=float))):
+        values = col.to_numpy(dtype=float)
+        if not np.all(np.isfinite(values)):
             raise ValueError(
-                f"obs[{key!r}] contains NaN or infinite values; impute or drop those cells."
+                f"obs[{key!r}] has {int((~np.isfinite(values)).sum())} missing (NaN) or infinite "
+                "values; continuous conditions and ordered attributes cannot be missing. Impute "
+                "or drop those cells, or make it categorical."
             )
     if size_factor_key is not None and np.any(adata.obs[size_factor_key].to_numpy() <= 0):
         raise ValueError(f"obs[{size_factor_key!r}] must be strictly positive size factors.")

@@ -143,7 +143,7 @@ def calibration(
     if not levels or not all(0 < level < 1 for level in levels):
         raise ValueError(f"`levels` must be values in (0, 1), got {levels}.")
     # Imported here: metrics stay importable without loading torch and the models.
-    from genvi.model.base._generation import transform_expression
+    from genvi._transforms import transform_expression
 
     keys = _model_keys(model, condition_keys)
     _check_keys(real, keys, "real")

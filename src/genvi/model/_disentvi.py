@@ -11,34 +11,13 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
-from scvi.data.fields import (
-    CategoricalJointObsField,
-    CategoricalObsField,
-    LayerField,
-    NumericalJointObsField,
-    NumericalObsField,
-)
-from scvi.model._utils import get_max_epochs_heuristic
-from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
+from scvi.data.fields import CategoricalJointObsField
 from scvi.utils import setup_anndata_dsp
 
-from genvi._constants import GENVI_REGISTRY_KEYS
-from genvi._validation import (
-    check_counts,
-    check_finite,
-    check_genes,
-    check_obs_columns,
-    get_matrix,
-)
-from genvi.model.base import (
-    GenerativeMixin,
-    GenviTrainingPlan,
-    LoadMixin,
-    default_kl_warmup,
-)
-from genvi.model.base._generation import seeded
+from genvi._registry import document_options
+from genvi.model.base import CountModelBase, as_key_list, setup_condition_fields
 from genvi.module import DisentVAE
+from genvi.nn import PRIORS, ConditionInputs
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +88,8 @@ class _AttributeJointObsField(CategoricalJointObsField):
         )
 
 
-class DisentVI(
-    LoadMixin, GenerativeMixin, RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass
-):
+@document_options(prior=PRIORS)
+class DisentVI(CountModelBase):
     """Disentangled known attributes and unknown factors for count data.
 
     Each known attribute (cell type, perturbation, dose, time, donor...) has its own
@@ -122,7 +100,10 @@ class DisentVI(
     (:meth:`predict_counterfactual`), samples new cells (:meth:`generate`), scores cells
     (:meth:`get_log_likelihood`) and, through attribute predictors from expression, imputes
     missing labels (:meth:`predict_attributes`). Cells with a missing categorical label are
-    used semi-supervised: the decoder gets the predicted soft label.
+    used semi-supervised: the decoder gets the predicted soft label. A counterfactual keeps
+    the cell's z_u (posterior mean), library size and batch; attributes not changed keep the
+    cell's labels (a missing label is replaced by the predicted soft label); ordered
+    attributes take any finite value (values between training values interpolate).
 
     Parameters
     ----------
@@ -140,8 +121,9 @@ class DisentVI(
         Size of each attribute's representation.
     prior
         Prior on z_u: ``"normal"`` (N(0, I), independent of the attributes; default) or any
-        conditional prior of :data:`genvi.nn.PRIORS` (``"gaussian"``, ``"mog"``, ``"flow"``,
-        ``"vamp"``) given the attribute representations.
+        conditional prior of :data:`genvi.nn.PRIORS` given the attribute representations:
+
+        {prior_options}
     gene_likelihood
         ``"nb"``, ``"zinb"``, ``"poisson"`` (raw counts) or ``"normal"`` (log-scale data).
     dispersion
@@ -198,9 +180,7 @@ class DisentVI(
     """
 
     _module_cls = DisentVAE
-    _training_plan_cls = GenviTrainingPlan
-    _cat_registry_key = GENVI_REGISTRY_KEYS.COND_CAT_KEY
-    _cont_registry_key = GENVI_REGISTRY_KEYS.COND_CONT_KEY
+    _missing_labels = True
 
     def __init__(
         self,
@@ -210,7 +190,7 @@ class DisentVI(
         n_layers: int = 1,
         dropout_rate: float = 0.1,
         n_embed: int = 16,
-        prior: Literal["normal", "gaussian", "mog", "flow", "vamp"] = "normal",
+        prior: str = "normal",
         gene_likelihood: Literal["nb", "zinb", "poisson", "normal"] = "nb",
         dispersion: Literal["gene", "gene-batch", "gene-attribute", "gene-cell"] = "gene-attribute",
         adversary_weight: float = 10.0,
@@ -223,17 +203,14 @@ class DisentVI(
         prior_kwargs: dict | None = None,
     ):
         super().__init__(adata)
-        if gene_likelihood != "normal":
-            check_counts(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
+        self._check_data(gene_likelihood)
         schema = self._schema
-        cont = self._continuous_values()
+        cont_mean, cont_std = self._continuous_stats()
         self.module = self._module_cls(
-            n_input=self.summary_stats.n_vars,
-            n_batch=self.summary_stats.n_batch,
-            n_cats_per_key=[len(c) for c in schema.categorical.values()],
+            **self._data_sizes(),
             n_ordered=len(schema.continuous),
-            ordered_mean=cont.mean(0).tolist() if cont is not None else None,
-            ordered_std=cont.std(0).tolist() if cont is not None else None,
+            ordered_mean=cont_mean,
+            ordered_std=cont_std,
             n_latent=n_latent,
             n_hidden=n_hidden,
             n_layers=n_layers,
@@ -251,12 +228,8 @@ class DisentVI(
             interaction_weight=interaction_weight,
             interaction_input=interaction_input,
             cat_frequencies=self._label_frequencies(),
-            use_size_factor_key=REGISTRY_KEYS.SIZE_FACTOR_KEY in self.adata_manager.data_registry,
         )
-        if hasattr(self.module.prior, "initialize_pseudo_inputs"):
-            self._initialize_pseudo_inputs()
-        self._store_training_reference()
-        self._model_summary_string = (
+        self._finish_init(
             f"DisentVI: categorical={list(schema.categorical)}, ordered={schema.continuous}, "
             f"n_latent={n_latent}, prior={prior}, gene_likelihood={gene_likelihood}, "
             f"adversary_weight={adversary_weight}"
@@ -264,10 +237,6 @@ class DisentVI(
         self.init_params_ = self._get_init_params(locals())
 
     # ------------------------------------------------------------------ registry helpers
-    @property
-    def _unknown_label(self):
-        return self.adata_manager.registry["setup_args"].get("unknown_label")
-
     def _label_frequencies(self) -> list[list[float]] | None:
         if self._cat_registry_key not in self.adata_manager.data_registry:
             return None
@@ -277,30 +246,6 @@ class DisentVI(
             col = codes[:, j][codes[:, j] >= 0].astype(int)
             freqs.append((np.bincount(col, minlength=len(cats)) / max(len(col), 1)).tolist())
         return freqs
-
-    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
-        if adata is not None:
-            check_genes(adata, self.var_names_)
-            schema = self._schema
-            unknown = self._unknown_label
-            for key, cats in schema.categorical.items():
-                if key not in adata.obs.columns:
-                    raise ValueError(
-                        f"Attribute {key!r} is missing from adata.obs. For unlabelled cells add "
-                        f"the column filled with NaN (`adata.obs[{key!r}] = np.nan`)."
-                    )
-                values = pd.Series(adata.obs[key]).dropna().astype(str).unique()
-                unseen = sorted(set(values) - set(cats) - {str(unknown)})
-                if unseen:
-                    raise ValueError(
-                        f"obs[{key!r}] holds labels unseen in training: {unseen}. Known labels: "
-                        f"{cats}. Subset the cells to known labels or set them to NaN."
-                    )
-            for key in schema.continuous:
-                if key not in adata.obs.columns:
-                    raise ValueError(f"Ordered attribute {key!r} is missing from adata.obs.")
-        # skip GenerativeMixin's check, which does not know about missing labels
-        return super(GenerativeMixin, self)._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def _with_attribute_columns(self, adata: AnnData | None) -> AnnData | None:
         """``adata``, or a copy with absent attribute columns added (NaN / placeholder 0)."""
@@ -317,44 +262,6 @@ class DisentVI(
         for key in absent_ord:  # the predictors do not read it; only a placeholder
             adata.obs[key] = 0.0
         return adata
-
-    # ------------------------------------------------------------------ training
-    def train(
-        self,
-        max_epochs: int | None = None,
-        n_epochs_kl_warmup: int | None = None,
-        batch_size: int = 128,
-        plan_kwargs: dict | None = None,
-        **kwargs,
-    ):
-        """Train with scvi-tools' Lightning trainer.
-
-        Parameters
-        ----------
-        max_epochs
-            Epochs; scvi-tools' heuristic from the number of cells by default.
-        n_epochs_kl_warmup
-            Epochs over which the KL weight rises from 0 to 1 (a quarter of ``max_epochs`` by
-            default).
-        batch_size
-            Minibatch size.
-        plan_kwargs
-            Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
-        **kwargs
-            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's
-            ``Trainer`` (``accelerator``, ``devices``, ``strategy``, ``early_stopping``...).
-        """
-        if max_epochs is None:
-            max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
-        plan_kwargs = dict(plan_kwargs or {})
-        if "n_steps_kl_warmup" not in plan_kwargs:
-            plan_kwargs.setdefault(
-                "n_epochs_kl_warmup",
-                default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup,
-            )
-        return super().train(
-            max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan_kwargs, **kwargs
-        )
 
     # ------------------------------------------------------------------ representations
     @torch.inference_mode()
@@ -470,88 +377,13 @@ class DisentVI(
         return out
 
     # ------------------------------------------------------------------ counterfactuals
-    @torch.inference_mode()
-    def predict_counterfactual(
-        self,
-        adata: AnnData | None = None,
-        new_conditions: dict | None = None,
-        indices: Sequence[int] | None = None,
-        return_mean: bool = False,
-        seed: int | None = None,
-        batch_size: int | None = None,
-    ) -> AnnData:
-        """Each cell as it would look with some attributes changed.
-
-        The cell's unknown latent z_u (posterior mean), library size and batch are kept; the
-        given attributes are replaced and the cell is decoded. Attributes not changed keep the
-        cell's labels (a missing label is replaced by the predicted soft label).
-
-        Parameters
-        ----------
-        adata
-            Cells to transform (the training data by default).
-        new_conditions
-            Attributes to change and their new values, e.g. ``{"condition": "stimulated"}``
-            or ``{"dose": 50.0}`` (ordered attributes take any finite value; values between
-            training values interpolate).
-        indices
-            Subset of cells.
-        return_mean
-            Return the expected expression (the likelihood's mean) instead of sampled counts.
-        seed
-            Random seed of the count sampling.
-        batch_size
-            Cells per forward pass.
-
-        Returns
-        -------
-        AnnData with the counterfactual in ``X`` (sparse counts, or dense means) and ``obs``
-        copied from the input with the changed attributes.
-        """
-        if not new_conditions:
-            raise ValueError(
-                "new_conditions must name at least one attribute to change, e.g. "
-                "{'condition': 'stimulated'}."
-            )
-        schema = self._schema
-        for key, value in new_conditions.items():
-            if key in schema.continuous and (value is None or not np.isfinite(float(value))):
-                raise ValueError(f"Ordered attribute {key!r} needs a finite number, got {value!r}.")
-            if key in schema.categorical and (value is None or pd.isna(value)):
-                raise ValueError(
-                    f"Counterfactual value of {key!r} is missing; give one of "
-                    f"{schema.categorical[key]}."
-                )
-        new = schema.parse(new_conditions)[0]
-        adata = self._validate_anndata(adata)
-        self.module.eval()
-        ncat, ncont, _ = schema.encode([new])
-        keys = schema.keys
-        n_cat = len(schema.categorical)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        xs = []
-        with seeded(seed, self.module.device):
-            for tensors in loader:
-                inf = self.module.inference(**self.module._get_inference_input(tensors))
-                z = inf["qz"].loc
-                cat = tensors.get(self._cat_registry_key)
-                cont = tensors.get(self._cont_registry_key)
-                cat = cat.long().clone().to(z.device) if cat is not None else None
-                cont = cont.float().clone().to(z.device) if cont is not None else None
-                for j, key in enumerate(keys):
-                    if key not in new:
-                        continue
-                    if j < n_cat:
-                        cat[:, j] = int(ncat[0, j])
-                    else:
-                        cont[:, j - n_cat] = float(ncont[0, j - n_cat])
-                probs = [lg.softmax(-1) for lg in inf["pred_logits"]]
-                c_new = self.module.embed_conditions(cat, cont, n=z.shape[0], cat_probs=probs)
-                batch_index = tensors[REGISTRY_KEYS.BATCH_KEY].to(z.device)
-                px = self._decode(z, c_new, inf["library"], batch_index)
-                xs.append((px.mean if return_mean else px.sample()).cpu().numpy())
-        x = np.concatenate(xs).astype(np.float32)
-        return self._counterfactual_result(adata, indices, x, new, return_mean, seed=seed)
+    def _counterfactual_latent(
+        self, inference: dict, target: ConditionInputs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z = inference["qz"].loc
+        probs = [lg.softmax(-1) for lg in inference["pred_logits"]]
+        c_new = self.module.embed_conditions(target.cat, target.cont, n=z.shape[0], cat_probs=probs)
+        return z, c_new
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -595,80 +427,33 @@ class DisentVI(
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
-        categorical_attributes = _as_list(categorical_attributes, "categorical_attributes")
-        ordered_attributes = _as_list(ordered_attributes, "ordered_attributes")
-        _check_attributes(
-            adata, categorical_attributes, ordered_attributes, batch_key, size_factor_key
-        )
-        check_finite(get_matrix(adata, layer))
+        categorical_attributes = as_key_list(categorical_attributes, "categorical_attributes")
+        ordered_attributes = as_key_list(ordered_attributes, "ordered_attributes")
         setup_method_args = cls._get_setup_method_args(**locals())
-        fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        both = sorted(set(categorical_attributes) & set(ordered_attributes))
+        if both:
+            raise ValueError(
+                f"Attribute(s) {both} are listed both in categorical_attributes and "
+                "ordered_attributes; list each attribute once (ordered for numeric doses, times, "
+                "ages; categorical for labels)."
+            )
+        if not categorical_attributes and not ordered_attributes:
+            raise ValueError(
+                "DisentVI needs at least one known attribute: pass categorical_attributes and/or "
+                "ordered_attributes."
+            )
+        setup_condition_fields(
+            cls,
+            adata,
+            setup_method_args,
+            layer,
             _AttributeJointObsField(
                 cls._cat_registry_key, categorical_attributes or None, unknown_label
             ),
-            NumericalJointObsField(cls._cont_registry_key, ordered_attributes or None),
-            NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, required=False),
-        ]
-        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
-        cls.register_manager(adata_manager)
-
-
-def _as_list(keys: Sequence[str] | str | None, name: str) -> list[str]:
-    if keys is None:
-        return []
-    if isinstance(keys, str):
-        return [keys]
-    keys = list(keys)
-    if not all(isinstance(k, str) for k in keys):
-        raise ValueError(f"{name} must be a list of obs column names.")
-    return keys
-
-
-def _check_attributes(
-    adata: AnnData,
-    categorical: list[str],
-    ordered: list[str],
-    batch_key: str | None,
-    size_factor_key: str | None,
-) -> None:
-    both = sorted(set(categorical) & set(ordered))
-    if both:
-        raise ValueError(
-            f"Attribute(s) {both} are listed both in categorical_attributes and "
-            "ordered_attributes; list each attribute once (ordered for numeric doses, times, "
-            "ages; categorical for labels)."
+            categorical_attributes,
+            ordered_attributes,
+            batch_key,
+            size_factor_key,
+            missing_labels=True,
+            **kwargs,
         )
-    if not categorical and not ordered:
-        raise ValueError(
-            "DisentVI needs at least one known attribute: pass categorical_attributes and/or "
-            "ordered_attributes."
-        )
-    keys = [*categorical, *ordered, *(k for k in (batch_key, size_factor_key) if k is not None)]
-    check_obs_columns(adata, keys, "attribute, batch or size factor")
-    for key in ordered:
-        col = adata.obs[key]
-        if not pd.api.types.is_numeric_dtype(col):
-            raise ValueError(
-                f"Ordered attribute obs[{key!r}] must be numeric (dtype {col.dtype}); list it "
-                "in categorical_attributes if it is a label."
-            )
-        values = col.to_numpy(dtype=float)
-        if np.isnan(values).any():
-            raise ValueError(
-                f"Ordered attribute obs[{key!r}] has {int(np.isnan(values).sum())} missing (NaN) "
-                "values; ordered attributes cannot be missing. Impute or drop those cells, or "
-                "make the attribute categorical."
-            )
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"Ordered attribute obs[{key!r}] contains infinite values.")
-    if batch_key is not None and pd.isna(adata.obs[batch_key]).any():
-        raise ValueError(
-            f"obs[{batch_key!r}] has missing (NaN) values; fill them with an explicit batch."
-        )
-    if size_factor_key is not None:
-        sf = adata.obs[size_factor_key].to_numpy(dtype=float)
-        if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
-            raise ValueError(f"obs[{size_factor_key!r}] must be finite, positive size factors.")

@@ -8,11 +8,13 @@ from typing import Literal
 import numpy as np
 from anndata import AnnData
 
+from genvi._registry import document_options
 from genvi.model.base._conditions import Conditions
-from genvi.model.base._latent_model import LatentPriorModel
-from genvi.module import LatentDiffusionModule
+from genvi.model.base._latent_model import LatentPriorModel, module_options
+from genvi.module import SAMPLERS, LatentDiffusionModule
 
 
+@document_options(sampler=SAMPLERS)
 class LatentDiffusion(LatentPriorModel):
     """Latent diffusion prior p(z | conditions) in the latent space of a trained base model.
 
@@ -71,20 +73,7 @@ class LatentDiffusion(LatentPriorModel):
         prediction: Literal["eps", "v"] = "v",
         dropout_rate: float = 0.0,
     ):
-        if base_model is None:
-            raise ValueError("LatentDiffusion needs a trained base model: base_model=...")
-        self._init_latent_model(
-            adata,
-            base_model,
-            n_hidden=n_hidden,
-            n_layers=n_layers,
-            n_embed=n_embed,
-            condition_dropout=condition_dropout,
-            uncond_dropout=uncond_dropout,
-            latent_target=latent_target,
-            prediction=prediction,
-            dropout_rate=dropout_rate,
-        )
+        self._init_latent_model(adata, base_model, **module_options(locals()))
         self.init_params_ = self._init_params_without_base(locals())
 
     def _sample_kwargs(self, n_steps, guidance, sampler: str = "dpm++", progress: bool = False):
@@ -104,7 +93,7 @@ class LatentDiffusion(LatentPriorModel):
         n_cells: int | list[int] = 100,
         n_steps: int = 25,
         guidance: float | dict[str, float] | None = None,
-        sampler: Literal["ddpm", "ddim", "dpm++"] = "dpm++",
+        sampler: str = "dpm++",
         library_size: float | np.ndarray | None = None,
         batch: str | None = None,
         seed: int | None = None,
@@ -128,7 +117,9 @@ class LatentDiffusion(LatentPriorModel):
             0 / ``None`` samples the plain conditional model; larger values trade diversity
             for condition fidelity.
         sampler
-            ``"dpm++"``, ``"ddim"`` or ``"ddpm"``.
+            Denoising sampler (:data:`genvi.module.SAMPLERS`):
+
+            {sampler_options}
         library_size
             Total counts per cell; drawn from training cells of the condition by default.
         batch
@@ -148,39 +139,16 @@ class LatentDiffusion(LatentPriorModel):
         AnnData as :meth:`genvi.model.PriorVI.generate`; latents (base space) in
         ``obsm["X_genvi_latent"]``.
         """
-        self._check_trained()
-        kwargs = self._sample_kwargs(n_steps, guidance, sampler)
-        return self._generate(
+        return self._generate_with_prior(
             conditions,
             n_cells,
             library_size,
             batch,
             seed,
             batch_size,
-            sample_kwargs=kwargs,
-            metadata={
-                "base_model": self.base_class_,
-                "sampler": sampler,
-                "n_steps": kwargs["n_steps"],
-                "guidance": _guidance_meta(guidance),
-            },
-            progress=progress,
-            out=out,
+            progress,
+            out,
+            self._sample_kwargs(n_steps, guidance, sampler),
+            guidance,
+            sampler=sampler,
         )
-
-    def get_log_likelihood(self, *args, **kwargs):
-        """Not available for diffusion: use :class:`~genvi.model.LatentFlow` for likelihoods."""
-        raise NotImplementedError(
-            "LatentDiffusion gives no likelihood; LatentFlow computes exact latent "
-            "log-densities (continuous change of variables) and get_log_likelihood."
-        )
-
-    score_outliers = get_log_likelihood
-
-
-def _guidance_meta(guidance) -> str | float | dict:
-    if guidance is None:
-        return 0.0
-    if isinstance(guidance, dict):
-        return {str(k): float(v) for k, v in guidance.items()}
-    return float(guidance)

@@ -13,14 +13,15 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from torch.distributions import Normal
 
-from genvi.model._latent_diffusion import _guidance_meta
+from genvi._registry import document_options
 from genvi.model.base._conditions import Conditions
-from genvi.model.base._generation import GenerativeMixin
-from genvi.model.base._latent_model import LatentPriorModel, rows_or_none
-from genvi.module import LatentFlowModule
+from genvi.model.base._latent_model import LatentPriorModel, module_options, rows_or_none
+from genvi.model.base._likelihood import LikelihoodMixin
+from genvi.module import ODE_METHODS, LatentFlowModule
 
 
-class LatentFlow(LatentPriorModel):
+@document_options(ode=ODE_METHODS)
+class LatentFlow(LikelihoodMixin, LatentPriorModel):
     """Flow-matching prior p(z | conditions) in the latent space of a trained base model.
 
     A conditional vector field (residual MLP) is trained by flow matching on the linear path
@@ -78,20 +79,7 @@ class LatentFlow(LatentPriorModel):
         ot_pairing: bool = True,
         dropout_rate: float = 0.0,
     ):
-        if base_model is None:
-            raise ValueError("LatentFlow needs a trained base model: base_model=...")
-        self._init_latent_model(
-            adata,
-            base_model,
-            n_hidden=n_hidden,
-            n_layers=n_layers,
-            n_embed=n_embed,
-            condition_dropout=condition_dropout,
-            uncond_dropout=uncond_dropout,
-            latent_target=latent_target,
-            ot_pairing=ot_pairing,
-            dropout_rate=dropout_rate,
-        )
+        self._init_latent_model(adata, base_model, **module_options(locals()))
         self.init_params_ = self._init_params_without_base(locals())
 
     def _sample_kwargs(self, n_steps, guidance, method: str = "heun", **kwargs):
@@ -111,7 +99,7 @@ class LatentFlow(LatentPriorModel):
         n_cells: int | list[int] = 100,
         n_steps: int = 20,
         guidance: float | dict[str, float] | None = None,
-        method: Literal["euler", "heun", "midpoint", "rk4", "dopri5"] = "heun",
+        method: str = "heun",
         library_size: float | np.ndarray | None = None,
         batch: str | None = None,
         seed: int | None = None,
@@ -134,8 +122,9 @@ class LatentFlow(LatentPriorModel):
         guidance
             Classifier-free guidance: one weight for all keys jointly, or ``{key: weight}``.
         method
-            ``"heun"`` (default), ``"euler"``, ``"midpoint"``, ``"rk4"`` or adaptive
-            ``"dopri5"`` (``rtol``/``atol``; ``n_steps`` ignored).
+            ODE solver (:data:`genvi.module.ODE_METHODS`):
+
+            {ode_options}
         library_size
             Total counts per cell; drawn from training cells of the condition by default.
         batch
@@ -157,24 +146,18 @@ class LatentFlow(LatentPriorModel):
         AnnData as :meth:`genvi.model.PriorVI.generate`; latents (base space) in
         ``obsm["X_genvi_latent"]``.
         """
-        self._check_trained()
-        kwargs = self._sample_kwargs(n_steps, guidance, method, rtol=rtol, atol=atol)
-        return self._generate(
+        return self._generate_with_prior(
             conditions,
             n_cells,
             library_size,
             batch,
             seed,
             batch_size,
-            sample_kwargs=kwargs,
-            metadata={
-                "base_model": self.base_class_,
-                "ode_method": method,
-                "n_steps": kwargs["n_steps"],
-                "guidance": _guidance_meta(guidance),
-            },
-            progress=progress,
-            out=out,
+            progress,
+            out,
+            self._sample_kwargs(n_steps, guidance, method, rtol=rtol, atol=atol),
+            guidance,
+            ode_method=method,
         )
 
     def get_latent_log_prob(
@@ -195,7 +178,7 @@ class LatentFlow(LatentPriorModel):
         for start in range(0, len(idx), batch_size):
             sl = slice(start, start + batch_size)
             z = torch.as_tensor(loc[idx[sl]], device=self.module.device)
-            cond = self._condition_inputs(rows_or_none(cat, sl), rows_or_none(cont, sl), len(z))
+            cond = self._condition_tensors(rows_or_none(cat, sl), rows_or_none(cont, sl), n=len(z))
             out.append(self.module.log_prob(z, cond, trace=trace).cpu().numpy())
         return np.concatenate(out)
 
@@ -254,8 +237,8 @@ class LatentFlow(LatentPriorModel):
                 q = Normal(torch.as_tensor(loc[rows]), torch.as_tensor(scale[rows]))
                 z = q.sample((k,))  # (k, n, d)
                 log_q = q.log_prob(z).sum(-1)
-                cond = self._condition_inputs(
-                    _tile(rows_or_none(cat, sl), k), _tile(rows_or_none(cont, sl), k), n * k
+                cond = self._condition_tensors(
+                    _tile(rows_or_none(cat, sl), k), _tile(rows_or_none(cont, sl), k), n=n * k
                 )
                 log_pz = self.module.log_prob(
                     z.reshape(k * n, -1).to(dev), cond, trace=trace, n_steps=n_steps
@@ -277,9 +260,9 @@ class LatentFlow(LatentPriorModel):
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        kind: Literal["latent", "per_count"] = "latent",
         n_samples: int = 20,
         batch_size: int | None = None,
+        kind: Literal["latent", "per_count"] = "latent",
     ) -> np.ndarray:
         """Per-cell outlier scores; higher means less plausible for the cell's conditions.
 
@@ -299,18 +282,18 @@ class LatentFlow(LatentPriorModel):
             Cells to score (the training data by default).
         indices
             Subset of cells.
-        kind
-            ``"latent"`` or ``"per_count"``.
         n_samples
             Importance samples per cell (``"per_count"`` only).
         batch_size
             Cells per pass.
+        kind
+            ``"latent"`` or ``"per_count"``.
         """
         if kind == "latent":
             return -self.get_latent_log_prob(adata, indices, batch_size=batch_size or 1024)
         if kind != "per_count":
             raise ValueError(f"kind must be 'latent' or 'per_count', got {kind!r}.")
-        return GenerativeMixin.score_outliers(self, adata, indices, n_samples, batch_size)
+        return super().score_outliers(adata, indices, n_samples, batch_size)
 
 
 def _tile(a: np.ndarray | None, k: int) -> np.ndarray | None:

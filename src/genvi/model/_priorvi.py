@@ -7,36 +7,21 @@ import warnings
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 from anndata import AnnData
-from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
-from scvi.data.fields import (
-    CategoricalJointObsField,
-    CategoricalObsField,
-    LayerField,
-    NumericalJointObsField,
-    NumericalObsField,
-)
-from scvi.model._utils import get_max_epochs_heuristic
-from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
+from scvi.data.fields import CategoricalJointObsField
 from scvi.utils import setup_anndata_dsp
 
-from genvi._constants import GENVI_REGISTRY_KEYS
-from genvi._validation import check_counts, check_finite, check_obs_keys, get_matrix
-from genvi.model.base import (
-    GenerativeMixin,
-    GenviTrainingPlan,
-    LoadMixin,
-    default_kl_warmup,
-)
+from genvi._registry import document_options
+from genvi.model.base import CountModelBase, as_key_list, setup_condition_fields
 from genvi.module import PriorVAE
+from genvi.nn import PRIORS, ConditionInputs
 
 logger = logging.getLogger(__name__)
 
 
-class PriorVI(
-    LoadMixin, GenerativeMixin, RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass
-):
+@document_options(prior=PRIORS)
+class PriorVI(CountModelBase):
     """Conditional-prior variational autoencoder for count data.
 
     Learns an encoder q(z | x, c), a count decoder p(x | z, batch) (optionally also given c)
@@ -59,12 +44,10 @@ class PriorVI(
     dropout_rate
         Encoder dropout.
     prior
-        ``"gaussian"``: conditional Gaussian N(mu(c), sigma(c)) (default); ``"normal"``:
-        N(0, I) as in scVI; ``"mog"``: conditional mixture of Gaussians; ``"flow"``:
-        conditional normalizing flow (pyro-ppl couplings and splines over a conditional
-        Gaussian); ``"vamp"``: mixture of the encoder posteriors of learned pseudo-cells,
-        encoded under each condition, with condition-dependent weights. ``flow`` and
-        ``vamp`` represent sub-populations inside a condition; see :mod:`genvi.nn`.
+        A registered prior (:data:`genvi.nn.PRIORS`; ``flow`` and ``vamp`` represent
+        sub-populations inside a condition):
+
+        {prior_options}
     gene_likelihood
         ``"nb"``, ``"zinb"``, ``"poisson"`` (raw counts) or ``"normal"`` (log-scale data).
     dispersion
@@ -76,7 +59,8 @@ class PriorVI(
         partial conditions. ``0`` disables it.
     prior_kwargs
         Extra arguments for the prior: ``n_components`` (``"mog"``), ``n_flows``,
-        ``n_splines``, ``count_bins`` (``"flow"``), ``n_pseudo`` (``"vamp"``).
+        ``n_splines``, ``count_bins`` (``"flow"``), ``n_pseudo`` (``"vamp"``); see
+        :func:`genvi.nn.prior_options`. Unknown ones raise.
     decode_conditions
         Also give the conditions to the decoder, p(x | z, c). By default the decoder sees z
         (and the batch) only, so every condition effect must pass through the learned prior
@@ -95,9 +79,6 @@ class PriorVI(
     """
 
     _module_cls = PriorVAE
-    _training_plan_cls = GenviTrainingPlan
-    _cat_registry_key = GENVI_REGISTRY_KEYS.COND_CAT_KEY
-    _cont_registry_key = GENVI_REGISTRY_KEYS.COND_CONT_KEY
 
     def __init__(
         self,
@@ -106,7 +87,7 @@ class PriorVI(
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout_rate: float = 0.1,
-        prior: Literal["gaussian", "normal", "mog", "flow", "vamp"] = "gaussian",
+        prior: str = "gaussian",
         gene_likelihood: Literal["nb", "zinb", "poisson", "normal"] = "nb",
         dispersion: Literal["gene", "gene-batch", "gene-cell"] = "gene",
         n_embed: int = 16,
@@ -115,17 +96,14 @@ class PriorVI(
         decode_conditions: bool = False,
     ):
         super().__init__(adata)
-        if gene_likelihood != "normal":
-            check_counts(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
+        self._check_data(gene_likelihood)
         schema = self._schema
-        cont = self._continuous_values()
+        cont_mean, cont_std = self._continuous_stats()
         self.module = self._module_cls(
-            n_input=self.summary_stats.n_vars,
-            n_batch=self.summary_stats.n_batch,
-            n_cats_per_key=[len(c) for c in schema.categorical.values()],
+            **self._data_sizes(),
             n_continuous=len(schema.continuous),
-            continuous_mean=cont.mean(0).tolist() if cont is not None else None,
-            continuous_std=cont.std(0).tolist() if cont is not None else None,
+            continuous_mean=cont_mean,
+            continuous_std=cont_std,
             n_latent=n_latent,
             n_hidden=n_hidden,
             n_layers=n_layers,
@@ -137,7 +115,6 @@ class PriorVI(
             gene_likelihood=gene_likelihood,
             dispersion=dispersion,
             decode_conditions=decode_conditions,
-            use_size_factor_key=REGISTRY_KEYS.SIZE_FACTOR_KEY in self.adata_manager.data_registry,
         )
         if prior == "normal" and not decode_conditions and schema.keys:
             warnings.warn(
@@ -147,52 +124,85 @@ class PriorVI(
                 UserWarning,
                 stacklevel=2,
             )
-        if hasattr(self.module.prior, "initialize_pseudo_inputs"):
-            self._initialize_pseudo_inputs()
-        self._store_training_reference()
-        self._model_summary_string = (
+        self._finish_init(
             f"PriorVI: prior={prior}, gene_likelihood={gene_likelihood}, n_latent={n_latent}, "
             f"conditions={schema.keys or 'none'}"
         )
         self.init_params_ = self._get_init_params(locals())
 
-    # ------------------------------------------------------------------ training
-    def train(
+    # ------------------------------------------------------------------ counterfactuals
+    def predict_counterfactual(
         self,
-        max_epochs: int | None = None,
-        n_epochs_kl_warmup: int | None = None,
-        batch_size: int = 128,
-        plan_kwargs: dict | None = None,
-        **kwargs,
-    ):
-        """Train with scvi-tools' Lightning trainer.
+        adata: AnnData | None = None,
+        new_conditions: dict | None = None,
+        indices: Sequence[int] | None = None,
+        return_mean: bool = False,
+        transport: bool = True,
+        seed: int | None = None,
+        batch_size: int | None = None,
+    ) -> AnnData:
+        """Each cell as it would look under other conditions (encode, swap, decode).
+
+        The cell is encoded with its own conditions; the given keys are replaced and the cell
+        is decoded with its own library size and batch.
 
         Parameters
         ----------
-        max_epochs
-            Epochs; scvi-tools' heuristic from the number of cells by default.
-        n_epochs_kl_warmup
-            Epochs over which the KL weight rises from 0 to 1 (a quarter of ``max_epochs`` by
-            default; scvi-tools' default of 400 would never finish warming up on large data).
+        adata
+            Cells to transform (the training data by default).
+        new_conditions
+            Keys to change and their new values, e.g. ``{"condition": "stimulated"}``.
+        indices
+            Subset of cells.
+        return_mean
+            Return expected expression (the likelihood's mean) instead of sampled counts.
+        transport
+            Keep the cell's position *relative to its prior*: z is moved with the prior's
+            map between the two conditions (``prior.transport``: the optimal-transport map
+            for Gaussian priors, the same exogenous noise for flows, the same component for
+            mixtures). With ``False`` z is kept as is, which only changes anything when the
+            decoder also sees the conditions.
+        seed
+            Random seed for the count sampling.
         batch_size
-            Minibatch size.
-        plan_kwargs
-            Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
-        **kwargs
-            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's
-            ``Trainer`` (``accelerator``, ``devices``, ``strategy``, ``early_stopping``...).
+            Cells per forward pass.
+
+        Returns
+        -------
+        AnnData with the counterfactual in ``X`` and ``obs`` copied from the input with the
+        changed conditions.
         """
-        if max_epochs is None:
-            max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
-        plan_kwargs = dict(plan_kwargs or {})
-        if "n_steps_kl_warmup" not in plan_kwargs:
-            plan_kwargs.setdefault(
-                "n_epochs_kl_warmup",
-                default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup,
+        prior = self.module.prior
+        decodes_c = self.module.decode_conditions
+        if not decodes_c and (not transport or not prior.has_transport):
+            raise ValueError(
+                "This model's decoder does not see the conditions, so a counterfactual must move "
+                "z through the prior (transport=True with a prior that supports it)."
             )
-        return super().train(
-            max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan_kwargs, **kwargs
+        if not decodes_c and self.module.prior_name == "normal":
+            raise ValueError(
+                "With prior='normal' and decode_conditions=False the model does not represent "
+                "conditions at all; use prior='gaussian' or decode_conditions=True."
+            )
+        return self._counterfactual(
+            adata,
+            new_conditions,
+            indices,
+            return_mean,
+            seed,
+            batch_size,
+            metadata={"transport": transport},
+            transport=transport,
         )
+
+    def _counterfactual_latent(
+        self, inference: dict, target: ConditionInputs, transport: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z, c_new = inference["qz"].loc, self.module.embed(target)
+        prior = self.module.prior
+        if transport and prior.has_transport:
+            z = prior.transport(z, inference["c"], c_new)
+        return z, c_new
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -228,29 +238,19 @@ class PriorVI(
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
-        condition_keys = _as_list(condition_keys, "condition_keys")
-        continuous_condition_keys = _as_list(continuous_condition_keys, "continuous_condition_keys")
-        check_obs_keys(adata, condition_keys, continuous_condition_keys, batch_key, size_factor_key)
-        check_finite(get_matrix(adata, layer))
-        setup_method_args = cls._get_setup_method_args(**locals())
-        fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        condition_keys = as_key_list(condition_keys, "condition_keys")
+        continuous_condition_keys = as_key_list(
+            continuous_condition_keys, "continuous_condition_keys"
+        )
+        setup_condition_fields(
+            cls,
+            adata,
+            cls._get_setup_method_args(**locals()),
+            layer,
             CategoricalJointObsField(cls._cat_registry_key, condition_keys or None),
-            NumericalJointObsField(cls._cont_registry_key, continuous_condition_keys or None),
-            NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, required=False),
-        ]
-        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
-        cls.register_manager(adata_manager)
-
-
-def _as_list(keys: Sequence[str] | str | None, name: str) -> list[str]:
-    if keys is None:
-        return []
-    if isinstance(keys, str):
-        return [keys]
-    keys = list(keys)
-    if not all(isinstance(k, str) for k in keys):
-        raise ValueError(f"{name} must be a list of obs column names.")
-    return keys
+            condition_keys,
+            continuous_condition_keys,
+            batch_key,
+            size_factor_key,
+            **kwargs,
+        )

@@ -7,9 +7,11 @@ from typing import Literal, get_args
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
+from torch import nn
 from torch.distributions import Distribution
 
-from genvi.nn import PRIORS
+from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi.nn import PRIORS, ConditionInputs, Prior, build_prior
 
 GeneLikelihood = Literal["nb", "zinb", "poisson", "normal"]
 
@@ -18,8 +20,7 @@ def check_module_options(
     prior: str, gene_likelihood: str, dispersion: str, dispersions: tuple[str, ...]
 ) -> None:
     """Raise a ``ValueError`` naming the valid choices for an unknown option."""
-    if prior not in PRIORS:
-        raise ValueError(f"Unknown prior {prior!r}; choose one of {sorted(PRIORS)}.")
+    PRIORS.entry(prior)
     if gene_likelihood not in get_args(GeneLikelihood):
         raise ValueError(
             f"Unknown gene_likelihood {gene_likelihood!r}; use 'nb', 'zinb', 'poisson' or 'normal'."
@@ -48,12 +49,58 @@ def count_distribution(
 
 
 class CountVAEMixin:
-    """Library sizes, encoder input, posterior predictive samples and marginal likelihoods.
+    """What the count VAEs share: tensor plumbing, priors, library sizes, dispersion, sampling.
 
-    For modules with ``gene_likelihood``, ``use_size_factor_key``, ``_get_inference_input``,
-    ``inference(..., n_samples)`` returning ``qz``, ``z``, ``library``, ``c`` and
-    ``generative(z, library, c, batch_index)`` returning ``px`` and ``pz``.
+    For modules with ``gene_likelihood``, ``use_size_factor_key``, ``n_batch``,
+    ``condition_encoder``, ``embed_conditions``, ``inference(..., n_samples)`` returning
+    ``qz``, ``z``, ``library``, ``c`` and ``generative(z, library, c, batch_index)`` returning
+    ``px`` and ``pz``.
     """
+
+    # ------------------------------------------------------------------ scvi-tools plumbing
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "cond_cat": tensors.get(GENVI_REGISTRY_KEYS.COND_CAT_KEY),
+            "cond_cont": tensors.get(GENVI_REGISTRY_KEYS.COND_CONT_KEY),
+            "size_factor": tensors.get(REGISTRY_KEYS.SIZE_FACTOR_KEY),
+        }
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        return {
+            "z": inference_outputs["z"],
+            "library": inference_outputs["library"],
+            "c": inference_outputs["c"],
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+        }
+
+    def embed(self, cond: ConditionInputs) -> torch.Tensor:
+        """The condition embedding c of :class:`~genvi.nn.ConditionInputs`."""
+        return self.embed_conditions(cond.cat, cond.cont, cond.keep, n=cond.n)
+
+    # ------------------------------------------------------------------ parts
+    def _build_prior(
+        self, prior: str, n_latent: int, n_cond: int, n_input: int, prior_kwargs: dict | None
+    ) -> Prior:
+        """The registered prior, given the encoder when its components are posteriors."""
+        module = build_prior(prior, n_latent, n_cond, n_input, prior_kwargs)
+        if module.needs_encoder:  # VampPrior: a mixture of encoder posteriors
+            module.attach_encoder(self.encode)
+        return module
+
+    def _init_dispersion(self, n_input: int, n_batch: int) -> None:
+        """Per-gene (``px_r`` of shape ``(genes,)``) or per-gene-and-batch inverse dispersion."""
+        if self.dispersion == "gene-batch":
+            self.px_r = nn.Parameter(torch.randn(n_input, n_batch))
+        elif self.dispersion != "gene-cell":
+            self.px_r = nn.Parameter(torch.randn(n_input))
+
+    def _batch_theta(self, batch_index: torch.Tensor) -> torch.Tensor:
+        """Inverse dispersion of each cell's batch (``dispersion="gene-batch"``)."""
+        onehot = nn.functional.one_hot(batch_index.long().squeeze(-1), self.n_batch).float()
+        return torch.exp(onehot @ self.px_r.T)
+
+    # ------------------------------------------------------------------ counts
 
     def library_from_counts(
         self, x: torch.Tensor, size_factor: torch.Tensor | None = None

@@ -9,12 +9,14 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.distributions import Normal
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
-from scvi.nn import Encoder, FCLayers
+from scvi.nn import Encoder
 from torch import nn
 from torch.distributions import Distribution
 from torch.func import functional_call
 
 from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi._registry import document_options
+from genvi.module._compositional_decoder import CompositionalDecoder, InteractionInput
 from genvi.module._count_vae import (
     CountVAEMixin,
     GeneLikelihood,
@@ -25,154 +27,9 @@ from genvi.nn import PRIORS, ConditionEncoder, kl_to_prior
 from genvi.nn._adversary import AttributeHeads, attribute_losses, reverse_gradient
 
 Dispersion = Literal["gene", "gene-batch", "gene-attribute", "gene-cell"]
-InteractionInput = Literal["latent", "expression", "profile", "context"]
 
 
-class CompositionalDecoder(nn.Module):
-    """Expression logits = basal(z_u) + additive(attributes) + interaction(z_u, attributes).
-
-    The attribute main effects are additive in log-expression space (a linear map of each
-    attribute's representation), so attributes compose; a small network of z_u and all
-    attributes adds interactions (cell-type-specific responses), penalised in
-    :meth:`DisentVAE.loss` so that it only explains what the additive part cannot.
-
-    Parameters
-    ----------
-    n_latent
-        Size of z_u.
-    n_cond
-        Size of the concatenated attribute representations.
-    n_output
-        Number of genes.
-    n_batch
-        Number of batches (one-hot, injected in every layer).
-    n_layers, n_hidden
-        Sizes of the basal and interaction networks.
-    interaction
-        Whether to include the interaction network.
-    interaction_input
-        What the interaction network sees: ``"latent"`` (z_u and the attributes),
-        ``"expression"`` (the standardised log-proportions of the additive part and the
-        attributes), ``"profile"`` (those log-proportions only: an interaction is then a
-        function of the expression profile the attributes produce, so attribute values with
-        similar profiles, e.g. two monocyte types, respond alike, including to a combination
-        never seen in training) or ``"context"`` (one network per attribute, seeing that
-        attribute and the profile set by z_u and the other attributes).
-    n_keys
-        Number of attributes (the representation ``c`` is ``n_keys`` equal blocks); used by
-        ``"context"``.
-    """
-
-    def __init__(
-        self,
-        n_latent: int,
-        n_cond: int,
-        n_output: int,
-        n_batch: int = 1,
-        n_layers: int = 1,
-        n_hidden: int = 128,
-        interaction: bool = True,
-        interaction_input: InteractionInput = "latent",
-        n_keys: int = 1,
-    ):
-        super().__init__()
-        if interaction_input not in ("expression", "latent", "profile", "context"):
-            raise ValueError(
-                f"Unknown interaction_input {interaction_input!r}; use 'latent', 'expression', "
-                "'profile' or 'context'."
-            )
-        self.interaction_input = interaction_input
-        self.basal = FCLayers(
-            n_latent,
-            n_hidden,
-            [n_batch],
-            n_layers=n_layers,
-            n_hidden=n_hidden,
-            dropout_rate=0.0,
-            use_batch_norm=False,
-        )
-        self.basal_out = nn.Linear(n_hidden, n_output)
-        self.additive = nn.Linear(n_cond, n_output, bias=False)
-        self.interaction = None
-        self.n_keys = n_keys
-        if interaction:
-            n_in = {
-                "latent": n_latent + n_cond,
-                "expression": n_output + n_cond,
-                "profile": n_output,
-                "context": n_output + n_cond // n_keys,
-            }[interaction_input]
-            n_nets = n_keys if interaction_input == "context" else 1
-            self.interaction = nn.ModuleList(
-                FCLayers(
-                    n_in,
-                    n_hidden,
-                    [n_batch],
-                    n_layers=n_layers,
-                    n_hidden=n_hidden,
-                    dropout_rate=0.0,
-                    use_batch_norm=False,
-                )
-                for _ in range(n_nets)
-            )
-            self.interaction_out = nn.ModuleList(
-                nn.Linear(n_hidden, n_output) for _ in range(n_nets)
-            )
-            for layer in self.interaction_out:  # start from the purely additive decoder
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
-        self.px_r_decoder = nn.Linear(n_hidden, n_output)
-        self.px_dropout_decoder = nn.Linear(n_hidden, n_output)
-
-    def forward(
-        self, z: torch.Tensor, c: torch.Tensor, batch_index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Logits, the basal hidden layer and the interaction term (``None`` if disabled)."""
-        if z.dim() == 3:
-            c = c.expand(z.shape[0], -1, -1)
-        hidden = self.basal(z, batch_index)
-        basal = self.basal_out(hidden)
-        if self.interaction_input == "context" and self.interaction is not None:
-            return self._context_forward(basal, hidden, c, batch_index)
-        logits = basal + self.additive(c)
-        inter = None
-        if self.interaction is not None:
-            if self.interaction_input == "latent":
-                state = torch.cat([z, c], -1)
-            else:
-                profile = _profile(logits)
-                state = (
-                    profile if self.interaction_input == "profile" else torch.cat([profile, c], -1)
-                )
-            inter = self.interaction_out[0](self.interaction[0](state, batch_index))
-            logits = logits + inter
-        return logits, hidden, inter
-
-    def _context_forward(
-        self, basal: torch.Tensor, hidden: torch.Tensor, c: torch.Tensor, batch_index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits where each attribute's interaction depends on its context.
-
-        The context of an attribute is the expression profile set by z_u and the *other*
-        attributes, so a response learned in one context transfers to similar ones.
-        """
-        n_embed = c.shape[-1] // self.n_keys
-        parts = c.split(n_embed, -1)
-        weights = self.additive.weight.split(n_embed, -1)
-        effects = [nn.functional.linear(part, w) for part, w in zip(parts, weights, strict=True)]
-        logits = basal + sum(effects)
-        inter = torch.zeros_like(logits)
-        for k, (net, out) in enumerate(zip(self.interaction, self.interaction_out, strict=True)):
-            context = _profile(logits - effects[k])
-            inter = inter + out(net(torch.cat([context, parts[k]], -1), batch_index))
-        return logits + inter, hidden, inter
-
-
-def _profile(logits: torch.Tensor) -> torch.Tensor:
-    """Log-proportions standardised per cell: the profile's shape, not its scale."""
-    return nn.functional.layer_norm(logits.log_softmax(-1), logits.shape[-1:])
-
-
+@document_options(prior=PRIORS)
 class DisentVAE(CountVAEMixin, BaseModuleClass):
     """VAE with one representation per known attribute and an attribute-free unknown latent.
 
@@ -209,10 +66,12 @@ class DisentVAE(CountVAEMixin, BaseModuleClass):
     n_embed
         Size of each attribute's representation.
     prior
-        Prior on z_u, a key of :data:`genvi.nn.PRIORS` (``"normal"``: N(0, I), independent of
-        the attributes, the default).
+        Prior on z_u (``"normal"``, independent of the attributes, by default), one of
+        :data:`genvi.nn.PRIORS` given the attribute embedding:
+
+        {prior_options}
     prior_kwargs
-        Extra arguments of the prior.
+        The prior's own arguments; unknown ones raise.
     gene_likelihood
         ``"nb"``, ``"zinb"``, ``"poisson"`` or ``"normal"``.
     dispersion
@@ -318,11 +177,7 @@ class DisentVAE(CountVAEMixin, BaseModuleClass):
             dropout_rate=dropout_rate,
             return_dist=True,
         )
-        self.prior = PRIORS[prior](
-            n_latent=n_latent, n_cond=n_cond, n_input=n_input, **(prior_kwargs or {})
-        )
-        if hasattr(self.prior, "attach_encoder"):  # VampPrior: mixture of encoder posteriors
-            self.prior.attach_encoder(self.encode)
+        self.prior = self._build_prior(prior, n_latent, n_cond, n_input, prior_kwargs)
         self.decoder = CompositionalDecoder(
             n_latent,
             n_cond,
@@ -334,10 +189,7 @@ class DisentVAE(CountVAEMixin, BaseModuleClass):
             interaction_input=interaction_input,
             n_keys=self.condition_encoder.n_keys,
         )
-        if dispersion in ("gene", "gene-attribute"):
-            self.px_r = nn.Parameter(torch.randn(n_input))
-        elif dispersion == "gene-batch":
-            self.px_r = nn.Parameter(torch.randn(n_input, n_batch))
+        self._init_dispersion(n_input, n_batch)
         if dispersion == "gene-attribute":  # starts at the per-gene dispersion
             self.px_r_attribute = nn.Linear(n_cond, n_input, bias=False)
             nn.init.zeros_(self.px_r_attribute.weight)
@@ -348,23 +200,7 @@ class DisentVAE(CountVAEMixin, BaseModuleClass):
             n_input, n_cats_per_key, n_ordered, n_hidden=n_hidden, dropout_rate=dropout_rate
         )
 
-    # ------------------------------------------------------------------ plumbing
-    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
-        return {
-            "x": tensors[REGISTRY_KEYS.X_KEY],
-            "cond_cat": tensors.get(GENVI_REGISTRY_KEYS.COND_CAT_KEY),
-            "cond_cont": tensors.get(GENVI_REGISTRY_KEYS.COND_CONT_KEY),
-            "size_factor": tensors.get(REGISTRY_KEYS.SIZE_FACTOR_KEY),
-        }
-
-    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
-        return {
-            "z": inference_outputs["z"],
-            "library": inference_outputs["library"],
-            "c": inference_outputs["c"],
-            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
-        }
-
+    # ------------------------------------------------------------------ attributes
     def standardize_ordered(self, cond_cont: torch.Tensor) -> torch.Tensor:
         """Ordered attributes on the standardised scale the predictors work on."""
         enc = self.condition_encoder
@@ -390,22 +226,20 @@ class DisentVAE(CountVAEMixin, BaseModuleClass):
         attribute's null token.
         """
         enc = self.condition_encoder
-        if cond_cat is None and cond_cont is None:
-            return torch.ones(n, 1, device=self.device)
-        missing = None
-        if cond_cat is not None:
-            cond_cat = cond_cat.long()
-            missing = cond_cat < 0
-            if missing.any() and cat_probs is None:
-                n_rows = cond_cat.shape[0]
-                extra = torch.zeros(
-                    n_rows, enc.n_continuous, dtype=torch.bool, device=missing.device
-                )
-                known = torch.cat([~missing, ~extra], dim=1)
-                keep = known if keep is None else keep.bool() & known
-            cond_cat = cond_cat.clamp_min(0)
-        c = enc(cond_cat, cond_cont, keep)
-        if missing is not None and cat_probs is not None and missing.any():
+        if cond_cat is None:
+            return enc(None, cond_cont, keep, n=n)
+        # masks are applied unconditionally: branching on `missing.any()` would synchronise the
+        # host with the GPU at every step
+        cond_cat = cond_cat.long()
+        missing = cond_cat < 0
+        if cat_probs is None:
+            extra = torch.zeros(
+                missing.shape[0], enc.n_continuous, dtype=torch.bool, device=missing.device
+            )
+            known = torch.cat([~missing, ~extra], dim=1)
+            keep = known if keep is None else keep.bool() & known
+        c = enc(cond_cat.clamp_min(0), cond_cont, keep)
+        if cat_probs is not None:
             parts = list(c.split(enc.n_embed, dim=1))
             for j, probs in enumerate(cat_probs):
                 soft = probs @ enc.embeddings[j].weight
@@ -502,8 +336,7 @@ class DisentVAE(CountVAEMixin, BaseModuleClass):
         if self.dispersion == "gene-cell":
             return torch.exp(px_r_cell)
         if self.dispersion == "gene-batch":
-            onehot = nn.functional.one_hot(batch_index.long().squeeze(-1), self.n_batch).float()
-            return torch.exp(onehot @ self.px_r.T)
+            return self._batch_theta(batch_index)
         return torch.exp(self.px_r)
 
     def loss(

@@ -8,19 +8,22 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from genvi.module._latent_prior import ConditionInputs, LatentPriorModule
-from genvi.nn import CosineSchedule
+from genvi._registry import document_options
+from genvi.module._diffusion_samplers import SAMPLERS
+from genvi.module._latent_prior import LatentPriorModule
+from genvi.nn import ConditionInputs, CosineSchedule
 
-Sampler = Literal["ddpm", "ddim", "dpm++"]
 
-
+@document_options(sampler=SAMPLERS)
 class LatentDiffusionModule(LatentPriorModule):
     """Variance-preserving diffusion (cosine schedule) over standardised latents.
 
     Trained with the simple denoising objective in continuous time; the network predicts
     the noise (``prediction="eps"``) or the velocity ``v = alpha * eps - sigma * z0``
-    (``"v"``). Samplers: ancestral DDPM, deterministic DDIM and the second-order multistep
-    DPM-Solver++(2M), each with any number of steps chosen at generation time.
+    (``"v"``). Samplers (:data:`genvi.module.SAMPLERS`), each with any number of steps chosen
+    at generation time:
+
+    {sampler_options}
 
     Parameters
     ----------
@@ -67,7 +70,7 @@ class LatentDiffusionModule(LatentPriorModule):
         self,
         cond: ConditionInputs,
         n_steps: int = 50,
-        sampler: Sampler = "dpm++",
+        sampler: str = "dpm++",
         guidance: Sequence[tuple[torch.Tensor, float]] = (),
         progress: bool = False,
         noise: torch.Tensor | None = None,
@@ -81,8 +84,7 @@ class LatentDiffusionModule(LatentPriorModule):
         n_steps
             Network evaluations (times the number of guidance variants).
         sampler
-            ``"ddpm"`` (ancestral, stochastic), ``"ddim"`` (deterministic) or ``"dpm++"``
-            (DPM-Solver++(2M), deterministic, accurate with 10-20 steps).
+            A name in :data:`genvi.module.SAMPLERS`.
         guidance
             Guidance terms ``(keys to drop, weight)``; see :meth:`guided`.
         progress
@@ -93,39 +95,16 @@ class LatentDiffusionModule(LatentPriorModule):
         """
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
-        if sampler not in ("ddpm", "ddim", "dpm++"):
-            raise ValueError(f"Unknown sampler {sampler!r}; use 'ddpm', 'ddim' or 'dpm++'.")
+        step = SAMPLERS[sampler](self.schedule).step
         n = cond.keep.shape[0]
         dev = self.latent_mean.device
-        sch = self.schedule
-        times = torch.linspace(sch.t_max, 0.0, n_steps + 1, device=dev)
+        times = torch.linspace(self.schedule.t_max, 0.0, n_steps + 1, device=dev)
         z = torch.randn(n, self.n_latent, device=dev) if noise is None else noise.to(dev)
-        z0_prev, h_prev = None, None
         for i in tqdm(range(n_steps), disable=not progress, desc=f"{sampler} sampling"):
             t, t_next = times[i].expand(n), times[i + 1].expand(n)
             z0, eps = self.denoise(z, t, cond, guidance)
-            if i == n_steps - 1:
-                z = z0  # the last step lands on the clean prediction
-                break
-            a, s = sch.alpha(t_next).unsqueeze(-1), sch.sigma(t_next).unsqueeze(-1)
-            if sampler == "ddim":
-                z = a * z0 + s * eps
-            elif sampler == "ddpm":
-                a_t, s_t = sch.alpha(t).unsqueeze(-1), sch.sigma(t).unsqueeze(-1)
-                a_ts = a_t / a
-                var_ts = s_t**2 - a_ts**2 * s**2
-                mean = (a_ts * s**2 / s_t**2) * z + (a * var_ts / s_t**2) * z0
-                z = mean + (var_ts * s**2 / s_t**2).clamp_min(0).sqrt() * torch.randn_like(z)
-            else:  # DPM-Solver++(2M): multistep data-prediction solver in log-SNR
-                lam, lam_next = sch.log_snr(t[:1]), sch.log_snr(t_next[:1])
-                h = lam_next - lam
-                d = z0
-                if z0_prev is not None:
-                    r = h_prev / h
-                    d = (1 + 1 / (2 * r)) * z0 - (1 / (2 * r)) * z0_prev
-                s_t = sch.sigma(t).unsqueeze(-1)
-                z = (s / s_t) * z - a * torch.expm1(-h) * d
-                z0_prev, h_prev = z0, h
+            # the last step lands on the clean prediction
+            z = z0 if i == n_steps - 1 else step(z, z0, eps, t, t_next)
         return self.unstandardize(z)
 
     @torch.no_grad()
@@ -138,13 +117,10 @@ class LatentDiffusionModule(LatentPriorModule):
         """DDIM inversion: latents (base space) to the noise that generates them under ``cond``."""
         x = self.standardize(z)
         n = x.shape[0]
+        step = SAMPLERS["ddim"](self.schedule).step
         times = torch.linspace(0.0, self.schedule.t_max, n_steps + 1, device=x.device)
         for i in range(n_steps):
             t, t_next = times[i].expand(n), times[i + 1].expand(n)
             z0, eps = self.denoise(x, t, cond)
-            a, s = (
-                self.schedule.alpha(t_next).unsqueeze(-1),
-                self.schedule.sigma(t_next).unsqueeze(-1),
-            )
-            x = a * z0 + s * eps
+            x = step(x, z0, eps, t, t_next)
         return x

@@ -9,22 +9,24 @@ from typing import Literal
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchdiffeq import odeint
 
-from genvi.module._latent_prior import ConditionInputs, LatentPriorModule
-
-ODEMethod = Literal["euler", "heun", "midpoint", "rk4", "dopri5"]
-_TORCHDIFFEQ = {"heun": "heun2"}
-_ADAPTIVE = ("dopri5",)
+from genvi._registry import document_options
+from genvi.module._latent_prior import LatentPriorModule
+from genvi.module._ode import ODE_METHODS, integrate
+from genvi.nn import ConditionInputs
 
 
+@document_options(ode=ODE_METHODS)
 class LatentFlowModule(LatentPriorModule):
     """Conditional flow matching on the linear path from N(0, I) to standardised latents.
 
     ``z_t = (1 - t) z_0 + t z_1`` with ``z_0 ~ N(0, I)``; the network regresses the velocity
     ``z_1 - z_0``. Samples integrate the learned ODE from ``t = 0`` to ``1`` (fixed-step or
     adaptive with torchdiffeq); log-densities follow from the continuous change of
-    variables (exact trace or Hutchinson's estimator).
+    variables (exact trace or Hutchinson's estimator). Solvers
+    (:data:`genvi.module.ODE_METHODS`):
+
+    {ode_options}
 
     Parameters
     ----------
@@ -61,33 +63,17 @@ class LatentFlowModule(LatentPriorModule):
         return self.guided(self.net, z, t, cond, guidance)
 
     def _integrate(self, z, t0, t1, cond, guidance, n_steps, method, rtol, atol):
-        if method not in ("euler", "heun", "midpoint", "rk4", *_ADAPTIVE):
-            raise ValueError(
-                f"Unknown ODE method {method!r}; use 'euler', 'heun', 'midpoint', 'rk4' or "
-                "'dopri5'."
-            )
-        if method not in _ADAPTIVE and n_steps < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
-        grid = torch.tensor([t0, t1], device=z.device, dtype=z.dtype)
-        kwargs = {"rtol": rtol, "atol": atol}
-        if method not in _ADAPTIVE:
-            grid = torch.linspace(t0, t1, n_steps + 1, device=z.device, dtype=z.dtype)
-            kwargs = {}
-        path = odeint(
-            lambda t, x: self.velocity(x, t, cond, guidance),
-            z,
-            grid,
-            method=_TORCHDIFFEQ.get(method, method),
-            **kwargs,
-        )
-        return path[-1]
+        def field(t, x):
+            return self.velocity(x, t, cond, guidance)
+
+        return integrate(field, z, t0, t1, method, n_steps, rtol, atol)
 
     @torch.no_grad()
     def sample(
         self,
         cond: ConditionInputs,
         n_steps: int = 20,
-        method: ODEMethod = "heun",
+        method: str = "heun",
         guidance: Sequence[tuple[torch.Tensor, float]] = (),
         rtol: float = 1e-5,
         atol: float = 1e-5,
@@ -101,7 +87,7 @@ class LatentFlowModule(LatentPriorModule):
         n_steps
             Steps of a fixed-step ``method`` (ignored by ``"dopri5"``).
         method
-            ``"euler"``, ``"heun"``, ``"midpoint"``, ``"rk4"`` or adaptive ``"dopri5"``.
+            A name in :data:`genvi.module.ODE_METHODS`.
         guidance
             Guidance terms ``(keys to drop, weight)``.
         rtol, atol
@@ -118,7 +104,7 @@ class LatentFlowModule(LatentPriorModule):
         z: torch.Tensor,
         cond: ConditionInputs,
         n_steps: int = 20,
-        method: ODEMethod = "heun",
+        method: str = "heun",
         rtol: float = 1e-5,
         atol: float = 1e-5,
     ) -> torch.Tensor:
@@ -132,7 +118,7 @@ class LatentFlowModule(LatentPriorModule):
         noise: torch.Tensor,
         cond: ConditionInputs,
         n_steps: int = 20,
-        method: ODEMethod = "heun",
+        method: str = "heun",
         rtol: float = 1e-5,
         atol: float = 1e-5,
     ) -> torch.Tensor:
@@ -145,7 +131,7 @@ class LatentFlowModule(LatentPriorModule):
         z: torch.Tensor,
         cond: ConditionInputs,
         trace: Literal["exact", "hutchinson"] = "exact",
-        method: ODEMethod = "heun",
+        method: str = "heun",
         n_steps: int = 20,
         rtol: float = 1e-5,
         atol: float = 1e-5,
@@ -189,16 +175,8 @@ class LatentFlowModule(LatentPriorModule):
                     div = (g * probe).sum(-1)
             return v.detach(), div.detach()
 
-        grid = torch.tensor([1.0, 0.0], device=x1.device)
-        kwargs = {"rtol": rtol, "atol": atol}
-        if method not in _ADAPTIVE:
-            grid = torch.linspace(1.0, 0.0, n_steps + 1, device=x1.device)
-            kwargs = {}
         delta0 = torch.zeros(x1.shape[0], device=x1.device, dtype=x1.dtype)
-        x0, delta = odeint(
-            field, (x1, delta0), grid, method=_TORCHDIFFEQ.get(method, method), **kwargs
-        )
-        x0, delta = x0[-1], delta[-1]
+        x0, delta = integrate(field, (x1, delta0), 1.0, 0.0, method, n_steps, rtol, atol)
         d = x0.shape[1]
         log_base = -0.5 * (x0**2).sum(-1) - 0.5 * d * math.log(2 * math.pi)
         return log_base + delta + self.log_det_standardize()

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from genvi._constants import GENVI_REGISTRY_KEYS
-from genvi.nn import ConditionalDenoiser, ConditionEncoder
+from genvi.nn import ConditionalDenoiser, ConditionEncoder, ConditionInputs
 
 LATENT_LOC_KEY = "genvi_latent_loc"
 LATENT_SCALE_KEY = "genvi_latent_scale"
-
-
-class ConditionInputs(NamedTuple):
-    """Raw conditions of a batch of cells: codes, continuous values and keep-mask."""
-
-    cat: torch.Tensor | None
-    cont: torch.Tensor | None
-    keep: torch.Tensor  # (n, n_keys) bool; False = that key's null token
 
 
 class LatentPriorModule(BaseModuleClass):
@@ -132,9 +124,11 @@ class LatentPriorModule(BaseModuleClass):
         n: int | None = None,
     ) -> torch.Tensor:
         """Condition embedding (a constant when the model is unconditional)."""
-        if cat is None and cont is None:
-            return torch.ones(n, 1, device=self.device)
-        return self.condition_encoder(cat, cont, keep)
+        return self.condition_encoder(cat, cont, keep, n=n)
+
+    def embed(self, cond: ConditionInputs) -> torch.Tensor:
+        """The condition embedding of :class:`~genvi.nn.ConditionInputs`."""
+        return self.embed_conditions(cond.cat, cond.cont, cond.keep, n=cond.n)
 
     def guided(
         self,

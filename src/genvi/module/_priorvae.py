@@ -13,7 +13,7 @@ from scvi.nn import DecoderSCVI, Encoder
 from torch import nn
 from torch.distributions import Distribution
 
-from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi._registry import document_options
 from genvi.module._count_vae import (
     CountVAEMixin,
     GeneLikelihood,
@@ -25,6 +25,7 @@ from genvi.nn import PRIORS, ConditionEncoder, kl_to_prior
 Dispersion = Literal["gene", "gene-batch", "gene-cell"]
 
 
+@document_options(prior=PRIORS)
 class PriorVAE(CountVAEMixin, BaseModuleClass):
     """Conditional-prior VAE for expression data.
 
@@ -53,11 +54,11 @@ class PriorVAE(CountVAEMixin, BaseModuleClass):
     condition_dropout
         Probability of dropping each condition key during training (replaced by its null token).
     prior
-        ``"gaussian"`` (conditional Gaussian), ``"normal"`` (N(0, I)), ``"mog"``
-        (conditional mixture of Gaussians), ``"flow"`` (conditional normalizing flow) or
-        ``"vamp"`` (condition-aware VampPrior).
+        A registered prior (:data:`genvi.nn.PRIORS`):
+
+        {prior_options}
     prior_kwargs
-        Passed to the prior (e.g. ``n_components`` for ``"mog"``).
+        The prior's own arguments (e.g. ``n_components`` for ``"mog"``); unknown ones raise.
     gene_likelihood
         ``"nb"``, ``"zinb"``, ``"poisson"`` or ``"normal"``.
     dispersion
@@ -117,11 +118,7 @@ class PriorVAE(CountVAEMixin, BaseModuleClass):
             dropout_rate=dropout_rate,
             return_dist=True,
         )
-        self.prior = PRIORS[prior](
-            n_latent=n_latent, n_cond=n_cond, n_input=n_input, **(prior_kwargs or {})
-        )
-        if hasattr(self.prior, "attach_encoder"):  # VampPrior: mixture of encoder posteriors
-            self.prior.attach_encoder(self.encode)
+        self.prior = self._build_prior(prior, n_latent, n_cond, n_input, prior_kwargs)
         self.decode_conditions = decode_conditions
         self.decoder = DecoderSCVI(
             n_latent + (n_cond if decode_conditions else 0),
@@ -133,27 +130,7 @@ class PriorVAE(CountVAEMixin, BaseModuleClass):
         if gene_likelihood == "normal":
             # log-scale data: an unconstrained mean instead of library x softmax proportions
             self.normal_loc = nn.Linear(n_hidden, n_input)
-        if dispersion == "gene":
-            self.px_r = nn.Parameter(torch.randn(n_input))
-        elif dispersion == "gene-batch":
-            self.px_r = nn.Parameter(torch.randn(n_input, n_batch))
-
-    # ------------------------------------------------------------------ plumbing
-    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
-        return {
-            "x": tensors[REGISTRY_KEYS.X_KEY],
-            "cond_cat": tensors.get(GENVI_REGISTRY_KEYS.COND_CAT_KEY),
-            "cond_cont": tensors.get(GENVI_REGISTRY_KEYS.COND_CONT_KEY),
-            "size_factor": tensors.get(REGISTRY_KEYS.SIZE_FACTOR_KEY),
-        }
-
-    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
-        return {
-            "z": inference_outputs["z"],
-            "library": inference_outputs["library"],
-            "c": inference_outputs["c"],
-            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
-        }
+        self._init_dispersion(n_input, n_batch)
 
     def embed_conditions(
         self,
@@ -163,9 +140,7 @@ class PriorVAE(CountVAEMixin, BaseModuleClass):
         n: int | None = None,
     ) -> torch.Tensor:
         """Condition embedding c for a batch (constant input if the model is unconditional)."""
-        if cond_cat is None and cond_cont is None:
-            return torch.ones(n, 1, device=self.device)
-        return self.condition_encoder(cond_cat, cond_cont, keep)
+        return self.condition_encoder(cond_cat, cond_cont, keep, n=n)
 
     # ------------------------------------------------------------------ model
     def encode(self, x_in: torch.Tensor, c: torch.Tensor) -> Distribution:
@@ -239,8 +214,7 @@ class PriorVAE(CountVAEMixin, BaseModuleClass):
                 px_r = self.decoder.px_r_decoder(hidden)
             return torch.exp(px_r)
         if self.dispersion == "gene-batch":
-            onehot = nn.functional.one_hot(batch_index.long().squeeze(-1), self.n_batch).float()
-            return torch.exp(onehot @ self.px_r.T)
+            return self._batch_theta(batch_index)
         return torch.exp(self.px_r)
 
     def loss(

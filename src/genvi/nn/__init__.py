@@ -1,12 +1,12 @@
 """Reusable torch building blocks: condition encoders, priors p(z | c), denoisers, schedules."""
 
 from ._adversary import AttributeHeads, reverse_gradient
-from ._condition_encoder import ConditionEncoder
+from ._condition_encoder import ConditionEncoder, ConditionInputs
 from ._denoiser import ConditionalDenoiser, SinusoidalTimeEmbedding
 from ._flow_prior import ConditionalFlowPrior
 from ._kl import kl_to_prior
+from ._prior_base import PRIORS, Prior, build_prior, prior_options, register_prior
 from ._priors import ConditionalGaussianPrior, MixtureOfGaussiansPrior, StandardNormalPrior
-from ._registry import PRIORS
 from ._schedules import CosineSchedule
 from ._vamp_prior import VampPrior
 
@@ -14,14 +14,19 @@ __all__ = [
     "PRIORS",
     "AttributeHeads",
     "ConditionEncoder",
+    "ConditionInputs",
     "ConditionalDenoiser",
     "CosineSchedule",
     "ConditionalFlowPrior",
     "ConditionalGaussianPrior",
     "MixtureOfGaussiansPrior",
+    "Prior",
     "SinusoidalTimeEmbedding",
     "StandardNormalPrior",
     "VampPrior",
+    "build_prior",
     "kl_to_prior",
+    "prior_options",
+    "register_prior",
     "reverse_gradient",
 ]

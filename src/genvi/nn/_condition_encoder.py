@@ -3,9 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+
+class ConditionInputs(NamedTuple):
+    """Raw conditions of a batch of cells, the one input type of every condition hook.
+
+    Attributes
+    ----------
+    cat
+        Integer codes ``(n, n_categorical_keys)``, or ``None`` without categorical keys.
+    cont
+        Raw continuous values ``(n, n_continuous_keys)``, or ``None``.
+    keep
+        Boolean mask ``(n, n_keys)`` (categorical keys first): ``False`` replaces that key by
+        its null token. ``None`` keeps every key.
+    """
+
+    cat: torch.Tensor | None
+    cont: torch.Tensor | None
+    keep: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        """Number of cells."""
+        for t in self:
+            if t is not None:
+                return t.shape[0]
+        raise ValueError("ConditionInputs holds no tensor; the number of cells is unknown.")
+
+    def to(self, device: torch.device | str) -> ConditionInputs:
+        """The same inputs on ``device``."""
+        return ConditionInputs(*(None if t is None else t.to(device) for t in self))
 
 
 class ConditionEncoder(nn.Module):
@@ -78,6 +110,7 @@ class ConditionEncoder(nn.Module):
         cat: torch.Tensor | None,
         cont: torch.Tensor | None,
         keep: torch.Tensor | None = None,
+        n: int | None = None,
     ) -> torch.Tensor:
         """Embed conditions.
 
@@ -91,15 +124,17 @@ class ConditionEncoder(nn.Module):
             Boolean mask ``(n, n_keys)``: ``False`` replaces that key by its null token.
             Keys are ordered categorical first, then continuous. During training, keys are
             additionally dropped at random with probability ``dropout``.
+        n
+            Number of cells; needed only when no tensor is given (no condition keys).
 
         Returns
         -------
-        Tensor of shape ``(n, n_output)``.
+        Tensor of shape ``(n, n_output)``; a column of ones when there are no condition keys
+        (so prior networks keep a bias).
         """
-        n = _n_rows(cat, cont)
+        n = _n_rows(cat, cont, keep, n=n)
         if self.n_keys == 0:
-            device = self.null_tokens.device
-            return torch.ones(n, 1, device=device)
+            return torch.ones(n, 1, device=self.null_tokens.device)
         parts = []
         for i, emb in enumerate(self.embeddings):
             parts.append(emb(cat[:, i].long()))
@@ -115,9 +150,15 @@ class ConditionEncoder(nn.Module):
         h = torch.where(mask.unsqueeze(-1), h, self.null_tokens.unsqueeze(0).expand_as(h))
         return h.reshape(n, -1)
 
+    def embed(self, inputs: ConditionInputs, n: int | None = None) -> torch.Tensor:
+        """:meth:`forward` of a :class:`ConditionInputs`."""
+        return self(inputs.cat, inputs.cont, inputs.keep, n=n)
 
-def _n_rows(*tensors: torch.Tensor | None) -> int:
+
+def _n_rows(*tensors: torch.Tensor | None, n: int | None = None) -> int:
     for t in tensors:
         if t is not None:
             return t.shape[0]
-    raise ValueError("ConditionEncoder needs at least one condition tensor to infer batch size.")
+    if n is None:
+        raise ValueError("ConditionEncoder needs a condition tensor or n to infer the batch size.")
+    return n

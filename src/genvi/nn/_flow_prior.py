@@ -7,10 +7,12 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, TransformedDistribution
 
+from genvi.nn._prior_base import Prior, register_prior
 from genvi.nn._priors import ConditionalGaussianPrior
 
 
-class ConditionalFlowPrior(nn.Module):
+@register_prior("flow", "conditional normalizing flow (pyro couplings and splines).")
+class ConditionalFlowPrior(Prior):
     """p(z | c): a conditional Gaussian base pushed through conditional flow layers.
 
     Each layer is a pyro conditional affine coupling (dependence between latent dimensions)
@@ -22,10 +24,8 @@ class ConditionalFlowPrior(nn.Module):
 
     Parameters
     ----------
-    n_latent
-        Dimension of z.
-    n_cond
-        Size of the condition embedding.
+    n_latent, n_cond
+        As in :class:`~genvi.nn.Prior`.
     n_flows
         Number of coupling + permutation layers.
     n_hidden
@@ -38,6 +38,9 @@ class ConditionalFlowPrior(nn.Module):
         Seed of the fixed permutations.
     """
 
+    has_noise_map = True
+    has_transport = True
+
     def __init__(
         self,
         n_latent: int,
@@ -48,9 +51,8 @@ class ConditionalFlowPrior(nn.Module):
         count_bins: int = 8,
         bound: float = 5.0,
         seed: int = 0,
-        **kwargs,
     ):
-        super().__init__()
+        super().__init__(n_latent, n_cond)
         if n_latent < 2:
             raise ValueError("A coupling flow needs n_latent >= 2.")
         self.base = ConditionalGaussianPrior(n_latent, n_cond, n_hidden=n_hidden)
@@ -101,7 +103,3 @@ class ConditionalFlowPrior(nn.Module):
         for t in self._transforms(c):
             z = t(z)
         return z
-
-    def transport(self, z: torch.Tensor, c_from: torch.Tensor, c_to: torch.Tensor) -> torch.Tensor:
-        """Map z to ``c_to`` keeping its exogenous noise (invert under c_from, push under c_to)."""
-        return self.from_noise(self.to_noise(z, c_from), c_to)

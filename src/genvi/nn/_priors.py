@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
+from genvi.nn._prior_base import Prior, register_prior
+
 
 def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(
@@ -17,18 +19,21 @@ def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
     )
 
 
-class StandardNormalPrior(nn.Module):
+@register_prior("normal", "N(0, I), ignoring the conditions (scVI's prior).")
+class StandardNormalPrior(Prior):
     """N(0, I), ignoring the conditions (the scVI prior).
 
     Parameters
     ----------
-    n_latent
-        Dimension of z.
+    n_latent, n_cond
+        As in :class:`~genvi.nn.Prior` (``n_cond`` is not used).
     """
 
-    def __init__(self, n_latent: int, **kwargs):
-        super().__init__()
-        self.n_latent = n_latent
+    has_noise_map = True
+    has_transport = True
+
+    def __init__(self, n_latent: int, n_cond: int = 1):
+        super().__init__(n_latent, n_cond)
         self.register_buffer("_zero", torch.zeros(1))
 
     def forward(self, c: torch.Tensor) -> Distribution:
@@ -44,26 +49,27 @@ class StandardNormalPrior(nn.Module):
         """Inverse of :meth:`to_noise`."""
         return u
 
-    def transport(self, z: torch.Tensor, c_from: torch.Tensor, c_to: torch.Tensor) -> torch.Tensor:
-        """Map z from condition ``c_from`` to ``c_to`` (identity: the prior ignores c)."""
-        return z
 
-
-class ConditionalGaussianPrior(nn.Module):
+@register_prior("gaussian", "conditional diagonal Gaussian N(mu(c), sigma(c)^2) (default).")
+class ConditionalGaussianPrior(Prior):
     """Diagonal Gaussian N(mu(c), diag sigma(c)^2) with a small network on the condition embedding.
+
+    Its transport (``from_noise(to_noise(z, c_from), c_to)``) is the optimal-transport map
+    between the two Gaussians: the standardised offset is kept.
 
     Parameters
     ----------
-    n_latent
-        Dimension of z.
-    n_cond
-        Size of the condition embedding.
+    n_latent, n_cond
+        As in :class:`~genvi.nn.Prior`.
     n_hidden
         Width of the prior network.
     """
 
-    def __init__(self, n_latent: int, n_cond: int, n_hidden: int = 128, **kwargs):
-        super().__init__()
+    has_noise_map = True
+    has_transport = True
+
+    def __init__(self, n_latent: int, n_cond: int, n_hidden: int = 128):
+        super().__init__(n_latent, n_cond)
         self.net = _mlp(n_cond, n_hidden, 2 * n_latent)
         # start at N(0, I) so early training behaves like scVI
         nn.init.zeros_(self.net[-1].weight)
@@ -88,34 +94,30 @@ class ConditionalGaussianPrior(nn.Module):
         loc, scale = self._params(c)
         return loc + scale * u
 
-    def transport(self, z: torch.Tensor, c_from: torch.Tensor, c_to: torch.Tensor) -> torch.Tensor:
-        """Optimal-transport map between the two Gaussians: keep the standardised offset."""
-        return self.from_noise(self.to_noise(z, c_from), c_to)
 
-
-class MixtureOfGaussiansPrior(nn.Module):
+@register_prior("mog", "conditional mixture of diagonal Gaussians (sub-populations).")
+class MixtureOfGaussiansPrior(Prior):
     """Conditional mixture of diagonal Gaussians.
 
     Component means are learned and shifted by a condition-dependent offset; the mixture
     weights are a function of the condition, so each condition can use its own subset of
-    components (sub-populations inside a condition).
+    components (sub-populations inside a condition). It has a transport but no noise map: a
+    mixture is not a bijective image of one Gaussian.
 
     Parameters
     ----------
-    n_latent
-        Dimension of z.
-    n_cond
-        Size of the condition embedding.
+    n_latent, n_cond
+        As in :class:`~genvi.nn.Prior`.
     n_components
         Number of mixture components.
     n_hidden
         Width of the networks on the condition embedding.
     """
 
-    def __init__(
-        self, n_latent: int, n_cond: int, n_components: int = 10, n_hidden: int = 128, **kwargs
-    ):
-        super().__init__()
+    has_transport = True
+
+    def __init__(self, n_latent: int, n_cond: int, n_components: int = 10, n_hidden: int = 128):
+        super().__init__(n_latent, n_cond)
         self.n_components = n_components
         self.locs = nn.Parameter(torch.randn(n_components, n_latent))
         self.raw_scales = nn.Parameter(torch.zeros(n_components, n_latent))

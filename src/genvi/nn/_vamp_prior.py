@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
+from genvi.nn._prior_base import Encode, Prior, register_prior
 from genvi.nn._priors import _mlp
 
-Encode = Callable[[torch.Tensor, torch.Tensor], Normal]
 
-
-class VampPrior(nn.Module):
+@register_prior("vamp", "condition-aware VampPrior: mixture of encoded learned pseudo-cells.")
+class VampPrior(Prior):
     """p(z | c) = sum_k w_k(c) q(z | u_k, c) with learned pseudo-inputs u_k.
 
     Components are the encoder's posteriors of ``n_pseudo`` learned pseudo-cells, each
@@ -26,10 +24,8 @@ class VampPrior(nn.Module):
 
     Parameters
     ----------
-    n_latent
-        Dimension of z.
-    n_cond
-        Size of the condition embedding.
+    n_latent, n_cond
+        As in :class:`~genvi.nn.Prior`.
     n_input
         Size of the encoder's expression input (genes).
     n_pseudo
@@ -38,6 +34,13 @@ class VampPrior(nn.Module):
         Width of the mixture-weight network.
     """
 
+    has_transport = True
+    # a cell moves with its most responsible pseudo-input; near the boundary of two
+    # components the way back may pick the other one
+    transport_invertible = False
+    needs_encoder = True
+    needs_data_init = True
+
     def __init__(
         self,
         n_latent: int,
@@ -45,10 +48,8 @@ class VampPrior(nn.Module):
         n_input: int,
         n_pseudo: int = 50,
         n_hidden: int = 128,
-        **kwargs,
     ):
-        super().__init__()
-        self.n_latent = n_latent
+        super().__init__(n_latent, n_cond)
         self.n_pseudo = n_pseudo
         self.pseudo_inputs = nn.Parameter(torch.rand(n_pseudo, n_input))
         self.logits_net = _mlp(n_cond, n_hidden, n_pseudo)
@@ -61,7 +62,7 @@ class VampPrior(nn.Module):
         self.__dict__["_encode"] = encode
 
     @torch.no_grad()
-    def initialize_pseudo_inputs(self, x_in: torch.Tensor) -> None:
+    def initialize_from_data(self, x_in: torch.Tensor) -> None:
         """Start the pseudo-inputs at (encoder inputs of) real training cells."""
         idx = torch.randint(0, x_in.shape[0], (self.n_pseudo,))
         self.pseudo_inputs.copy_(x_in[idx].to(self.pseudo_inputs))

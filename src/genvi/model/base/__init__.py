@@ -1,17 +1,35 @@
-"""Mixins and helpers shared by genvi models."""
+"""Mixins and helpers shared by genvi models (one job per file)."""
 
+from ._conditioned import ConditionedModelMixin
 from ._conditions import ConditionSchema
-from ._generation import GenerativeMixin, transform_expression
+from ._confidence import ConfidenceMixin
+from ._count_model import CountModelBase
+from ._counterfactual import CounterfactualMixin
+from ._generation import GenerationMixin
 from ._io import LoadMixin, ModelFileError
+from ._likelihood import LikelihoodMixin
+from ._reference import TrainingReferenceMixin
+from ._seeding import seeded
+from ._setup import as_key_list, setup_condition_fields
 from ._training import GenviTrainingPlan, NonFiniteLossError, default_kl_warmup
+from ._training_mixin import KLWarmupTrainingMixin
 
 __all__ = [
     "ConditionSchema",
-    "GenerativeMixin",
+    "ConditionedModelMixin",
+    "ConfidenceMixin",
+    "CountModelBase",
+    "CounterfactualMixin",
+    "GenerationMixin",
     "GenviTrainingPlan",
+    "KLWarmupTrainingMixin",
+    "LikelihoodMixin",
     "LoadMixin",
     "ModelFileError",
     "NonFiniteLossError",
+    "TrainingReferenceMixin",
+    "as_key_list",
     "default_kl_warmup",
-    "transform_expression",
+    "setup_condition_fields",
+    "seeded",
 ]

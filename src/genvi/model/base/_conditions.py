@@ -123,18 +123,60 @@ class ConditionSchema:
             obs[key] = np.repeat([s.get(key, np.nan) for s in specs], repeats).astype(float)
         return pd.DataFrame(obs)
 
-    def check_obs(self, obs: pd.DataFrame) -> None:
-        """Raise if obs lacks a condition key or holds a category unseen in training."""
+    def substitute(self, cat, cont, new: dict):
+        """Copies of per-cell codes / values with the keys of ``new`` replaced (counterfactuals).
+
+        ``cat`` ``(n, n_categorical)`` and ``cont`` ``(n, n_continuous)`` are numpy arrays or
+        torch tensors (``None`` when the model has no such keys); the inputs are not modified.
+        """
+        ncat, ncont, _ = self.encode([new])
+        cat = None if cat is None else _copy(cat)
+        cont = None if cont is None else _copy(cont)
+        for j, key in enumerate(self.categorical):
+            if key in new:
+                cat[:, j] = int(ncat[0, j])
+        for j, key in enumerate(self.continuous):
+            if key in new:
+                cont[:, j] = float(ncont[0, j])
+        return cat, cont
+
+    def check_obs(
+        self, obs: pd.DataFrame, missing_labels: bool = False, unknown_label: object = None
+    ) -> None:
+        """Raise if obs lacks a condition key or holds a category unseen in training.
+
+        Parameters
+        ----------
+        obs
+            The cells' metadata.
+        missing_labels
+            Categorical labels may be missing (NaN or ``unknown_label``; DisentVI imputes them).
+        unknown_label
+            A label meaning "missing" besides NaN.
+        """
+        hint = (
+            " For unlabelled cells add the column filled with NaN (`adata.obs[{key!r}] = np.nan`)."
+            if missing_labels
+            else ""
+        )
         for key, cats in self.categorical.items():
             if key not in obs.columns:
-                raise ValueError(f"Condition key {key!r} is missing from adata.obs.")
+                raise ValueError(
+                    f"Condition key {key!r} is missing from adata.obs." + hint.format(key=key)
+                )
             values = pd.Series(obs[key]).dropna().astype(str).unique()
-            unseen = sorted(set(values) - set(cats))
+            allowed = set(cats) | ({str(unknown_label)} if unknown_label is not None else set())
+            unseen = sorted(set(values) - allowed)
             if unseen:
+                fix = "set them to NaN" if missing_labels else "subset the cells to known ones"
                 raise ValueError(
                     f"obs[{key!r}] holds categories unseen in training: {unseen}. Known "
-                    f"categories: {cats}. Subset the cells to known categories."
+                    f"categories: {cats}. Rename them to known categories or {fix}."
                 )
         for key in self.continuous:
             if key not in obs.columns:
                 raise ValueError(f"Continuous condition {key!r} is missing from adata.obs.")
+
+
+def _copy(a):
+    return a.clone() if hasattr(a, "clone") else np.array(a, copy=True)

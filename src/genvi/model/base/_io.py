@@ -413,7 +413,19 @@ class LoadMixin:
         **anndata_write_kwargs
             Passed to :meth:`anndata.AnnData.write_h5ad`.
         """
-        save_model(self, dir_path, prefix, overwrite, save_anndata, **anndata_write_kwargs)
+        save_model(
+            self,
+            dir_path,
+            prefix,
+            overwrite,
+            save_anndata,
+            payload=self._model_payload(),
+            **anndata_write_kwargs,
+        )
+
+    def _model_payload(self) -> dict:
+        """What the file holds (latent priors add their base model)."""
+        return model_payload(self)
 
     @classmethod
     def load(

@@ -2,44 +2,35 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scvi
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
-from scvi.data.fields import (
-    CategoricalJointObsField,
-    CategoricalObsField,
-    LayerField,
-    NumericalJointObsField,
-)
+from scvi.data.fields import CategoricalJointObsField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 from torch.distributions import Distribution
 
 from genvi._constants import GENVI_REGISTRY_KEYS
-from genvi._validation import check_finite, check_genes, check_obs_keys, get_matrix, row_sums
-from genvi.model.base._base_models import SUPPORTED_BASES, make_adapter
+from genvi._validation import check_genes, row_sums
+from genvi.model.base._base_models import make_adapter
+from genvi.model.base._conditioned import ConditionedModelMixin
 from genvi.model.base._conditions import Conditions
-from genvi.model.base._generation import GenerativeMixin, seeded
-from genvi.model.base._io import (
-    MODEL_FILENAME,
-    ModelFileError,
-    check_payload,
-    model_from_payload,
-    model_payload,
-    read_model_file,
-    save_model,
-)
+from genvi.model.base._confidence import ConfidenceMixin
+from genvi.model.base._counterfactual import CounterfactualMixin
+from genvi.model.base._generation import GenerationMixin
+from genvi.model.base._guidance import guidance_metadata, guidance_terms
 from genvi.model.base._latent_data import LatentDataModule
+from genvi.model.base._latent_io import LatentPriorIOMixin
+from genvi.model.base._seeding import seeded
+from genvi.model.base._setup import as_key_list, setup_condition_fields
 from genvi.model.base._training import GenviTrainingPlan
-from genvi.module._latent_prior import ConditionInputs
+from genvi.nn import ConditionInputs
 
 # Diffusion / flow-matching objectives are noisy per step: train for a number of optimizer
 # steps, not of passes over small data.
@@ -47,7 +38,14 @@ DEFAULT_TRAIN_STEPS = 10_000
 MAX_DEFAULT_EPOCHS = 2_000
 
 
-class LatentPriorModel(GenerativeMixin, BaseModelClass):
+class LatentPriorModel(
+    LatentPriorIOMixin,
+    GenerationMixin,
+    ConfidenceMixin,
+    CounterfactualMixin,
+    ConditionedModelMixin,
+    BaseModelClass,
+):
     """Base class of generative priors trained in the latent space of a trained base model.
 
     Stage 1 is a trained count autoencoder (``scvi.model.SCVI`` or
@@ -62,6 +60,8 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
     _cont_registry_key = GENVI_REGISTRY_KEYS.COND_CONT_KEY
 
     def _init_latent_model(self, adata: AnnData, base_model, **module_kwargs) -> None:
+        if base_model is None:
+            raise ValueError(f"{type(self).__name__} needs a trained base model: base_model=...")
         adapter = make_adapter(base_model)
         check_genes(adata, adapter.var_names)
         super().__init__(adata)
@@ -76,13 +76,13 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         self.base_model = base_model
         self._adapter = adapter
         schema = self._schema
-        cont = self._continuous_values()
+        cont_mean, cont_std = self._continuous_stats()
         self.module = self._module_cls(
             n_latent=adapter.n_latent,
             n_cats_per_key=[len(c) for c in schema.categorical.values()],
             n_continuous=len(schema.continuous),
-            continuous_mean=cont.mean(0).tolist() if cont is not None else None,
-            continuous_std=cont.std(0).tolist() if cont is not None else None,
+            continuous_mean=cont_mean,
+            continuous_std=cont_std,
             gene_likelihood=adapter.gene_likelihood,
             **module_kwargs,
         )
@@ -136,19 +136,8 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         return cls(adata, base_model=base_model, **model_kwargs)
 
     # ------------------------------------------------------------------ registry helpers
-
-    def _registered(self, key: str, adata: AnnData | None = None) -> np.ndarray | None:
-        manager = self.get_anndata_manager(adata or self.adata, required=True)
-        if key not in manager.data_registry:
-            return None
-        return np.asarray(manager.get_from_registry(key))
-
-    def _continuous_values(self) -> np.ndarray | None:
-        cont = self._registered(self._cont_registry_key)
-        return None if cont is None else cont.astype(float)
-
     def _library_sizes(self, adata: AnnData | None = None) -> np.ndarray:
-        manager = self.get_anndata_manager(adata or self.adata, required=True)
+        manager = self.get_anndata_manager(self.adata if adata is None else adata, required=True)
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         return np.maximum(row_sums(X), 1.0)
 
@@ -175,16 +164,6 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
             cat = cat[indices] if cat is not None else None
             cont = cont[indices] if cont is not None else None
         return cat, cont
-
-    def _condition_inputs(self, cat, cont, n: int) -> ConditionInputs:
-        dev = self.module.device
-        return ConditionInputs(
-            torch.as_tensor(cat, device=dev).long() if cat is not None and cat.shape[1] else None,
-            torch.as_tensor(cont, device=dev).float()
-            if cont is not None and cont.shape[1]
-            else None,
-            torch.ones(n, self.module.n_keys, dtype=torch.bool, device=dev),
-        )
 
     # ------------------------------------------------------------------ training
     def train(
@@ -246,18 +225,10 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         return runner()
 
     # ------------------------------------------------------------------ generation hooks
-    def _condition_tensors(self, cat, cont, keep) -> ConditionInputs:
-        dev = self.module.device
-        return ConditionInputs(
-            torch.as_tensor(cat, device=dev) if cat.shape[1] else None,
-            torch.as_tensor(cont, device=dev) if cont.shape[1] else None,
-            torch.as_tensor(keep, device=dev),
-        )
+    def _sample_latent(self, cond: ConditionInputs, **kwargs) -> torch.Tensor:
+        return self.module.sample(cond, **kwargs)
 
-    def _sample_latent(self, c: ConditionInputs, **kwargs) -> torch.Tensor:
-        return self.module.sample(c, **kwargs)
-
-    def _decode_reference(self, z, c, log_library, batch, ref) -> Distribution:
+    def _decode_reference(self, z, cond, log_library, batch, ref) -> Distribution:
         return self._decode_with_inputs(z, log_library, self._reference_inputs(ref, batch))
 
     def _reference_inputs(self, ref: np.ndarray, batch: torch.Tensor | None = None) -> dict:
@@ -276,41 +247,46 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
 
     def _guidance_terms(self, guidance) -> list[tuple[torch.Tensor, float]]:
         """``None`` / a number / ``{key: weight}`` to (keys to drop, weight) pairs."""
-        keys = self._schema.keys
-        if guidance is None:
-            return []
-        if isinstance(guidance, dict):
-            unknown = [k for k in guidance if k not in keys]
-            if unknown:
-                raise ValueError(
-                    f"guidance names unknown condition key(s) {unknown}; the model knows "
-                    f"{keys or 'none'}."
-                )
-            items = [(torch.tensor([k == key for k in keys]), w) for key, w in guidance.items()]
-        else:
-            if not keys:
-                raise ValueError("guidance needs conditions, but the model has none.")
-            items = [(torch.ones(len(keys), dtype=torch.bool), guidance)]
-        terms = []
-        for drop, w in items:
-            try:
-                w = float(w)
-            except (TypeError, ValueError):
-                raise ValueError(f"guidance weights must be numbers, got {w!r}.") from None
-            if not math.isfinite(w):
-                raise ValueError(f"guidance weights must be finite, got {w}.")
-            terms.append((drop, w))
         encoder = self.module.condition_encoder
-        guided = any(w != 0 for _, w in terms)
-        if guided and encoder.dropout == 0 and self.module.uncond_dropout == 0:
-            raise ValueError(
-                "Guidance needs null tokens trained by condition dropout; this model was "
-                "trained with condition_dropout=0 and uncond_dropout=0."
-            )
-        return terms
+        trained = encoder.dropout > 0 or self.module.uncond_dropout > 0
+        return guidance_terms(guidance, self._schema.keys, null_tokens_trained=trained)
 
     def _sample_kwargs(self, n_steps, guidance, **kwargs) -> dict:
         raise NotImplementedError
+
+    def _generate_with_prior(
+        self,
+        conditions: Conditions,
+        n_cells: int | Sequence[int],
+        library_size: float | np.ndarray | None,
+        batch: str | None,
+        seed: int | None,
+        batch_size: int,
+        progress: bool,
+        out: str | os.PathLike | None,
+        sample_kwargs: dict,
+        guidance,
+        **metadata,
+    ) -> AnnData:
+        """``generate`` of a trained latent prior, recording the sampler settings."""
+        self._check_trained()
+        return self._generate(
+            conditions,
+            n_cells,
+            library_size,
+            batch,
+            seed,
+            batch_size,
+            sample_kwargs=sample_kwargs,
+            metadata={
+                "base_model": self.base_class_,
+                **metadata,
+                "n_steps": sample_kwargs["n_steps"],
+                "guidance": guidance_metadata(guidance),
+            },
+            progress=progress,
+            out=out,
+        )
 
     def _check_trained(self) -> None:
         if not self.is_trained_:
@@ -358,7 +334,6 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         return loc if indices is None else loc[np.asarray(indices)]
 
     # ------------------------------------------------------------------ counterfactuals
-    @torch.no_grad()
     def predict_counterfactual(
         self,
         adata: AnnData | None = None,
@@ -393,48 +368,48 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
             Cells per pass.
         """
         self._check_trained()
-        if not new_conditions:
-            raise ValueError("new_conditions must name at least one condition key to change.")
-        new = self._schema.parse(new_conditions)[0]
-        adata = self._validate_anndata(adata)
+        return self._counterfactual(
+            adata, new_conditions, indices, return_mean, seed, batch_size, n_steps=n_steps
+        )
+
+    def _counterfactual_distributions(
+        self,
+        adata: AnnData,
+        indices: Sequence[int] | None,
+        new: dict,
+        batch_size: int | None,
+        n_steps: int | None = None,
+    ) -> Iterator[Distribution]:
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
         loc, _ = self._adapter.latent_distribution(adata)
         cat, cont = self._condition_arrays(adata, idx)
-        ncat, ncont, _ = self._schema.encode([new])
-        cat_new = None if cat is None else cat.copy()
-        cont_new = None if cont is None else cont.astype(np.float32).copy()
-        for j, key in enumerate(self._schema.categorical):
-            if key in new:
-                cat_new[:, j] = ncat[0, j]
-        for j, key in enumerate(self._schema.continuous):
-            if key in new:
-                cont_new[:, j] = ncont[0, j]
+        cat_new, cont_new = self._schema.substitute(cat, cont, new)
         inputs_all = self._adapter.decoder_inputs(adata)
         log_lib_all = np.log(self._library_sizes(adata)).astype(np.float32)
-        self.module.eval()
-        dev = self.module.device
-        xs = []
-        with seeded(seed, dev):
+        batch_size = batch_size or 1024
+        transport = self._transport_kwargs(n_steps)
+
+        def batches() -> Iterator[Distribution]:
             for start in range(0, len(idx), batch_size):
                 sl = slice(start, start + batch_size)
                 rows = idx[sl]
-                n = len(rows)
-                z = torch.as_tensor(loc[rows], device=dev)
-                old = self._condition_inputs(rows_or_none(cat, sl), rows_or_none(cont, sl), n)
-                target = self._condition_inputs(
-                    rows_or_none(cat_new, sl), rows_or_none(cont_new, sl), n
+                z = torch.as_tensor(loc[rows], device=self.module.device)
+                old = self._condition_tensors(
+                    rows_or_none(cat, sl), rows_or_none(cont, sl), n=len(rows)
                 )
-                noise = self.module.to_noise(z, old, **self._transport_kwargs(n_steps))
-                z_new = self.module.from_noise(noise, target, **self._transport_kwargs(n_steps))
+                target = self._condition_tensors(
+                    rows_or_none(cat_new, sl), rows_or_none(cont_new, sl), n=len(rows)
+                )
+                noise = self.module.to_noise(z, old, **transport)
+                z_new = self.module.from_noise(noise, target, **transport)
                 inputs = {
                     k: torch.as_tensor(v[rows], device=self._adapter.device)
                     for k, v in inputs_all.items()
                 }
                 lib = torch.as_tensor(log_lib_all[rows]).unsqueeze(-1)
-                px = self._decode_with_inputs(z_new, lib, inputs)
-                xs.append((px.mean if return_mean else px.sample()).cpu().numpy())
-        x = np.concatenate(xs).astype(np.float32)
-        return self._counterfactual_result(adata, indices, x, new, return_mean, seed=seed)
+                yield self._decode_with_inputs(z_new, lib, inputs)
+
+        return batches()
 
     def _transport_kwargs(self, n_steps: int | None) -> dict:
         raise NotImplementedError
@@ -470,135 +445,33 @@ class LatentPriorModel(GenerativeMixin, BaseModelClass):
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
-        # imported here (model <-> base cycle); deleted so it stays out of the saved setup args
-        from genvi.model._priorvi import _as_list
-
-        condition_keys = _as_list(condition_keys, "condition_keys")
-        continuous_condition_keys = _as_list(continuous_condition_keys, "continuous_condition_keys")
-        del _as_list
-        check_obs_keys(adata, condition_keys, continuous_condition_keys, batch_key, None)
-        check_finite(get_matrix(adata, layer))
-        setup_method_args = cls._get_setup_method_args(**locals())
-        fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-            CategoricalJointObsField(cls._cat_registry_key, condition_keys or None),
-            NumericalJointObsField(cls._cont_registry_key, continuous_condition_keys or None),
-        ]
-        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
-        cls.register_manager(adata_manager)
-
-    # ------------------------------------------------------------------ save / load
-    def save(
-        self,
-        dir_path: str | os.PathLike,
-        prefix: str | None = None,
-        overwrite: bool = False,
-        save_anndata: bool = False,
-        **anndata_write_kwargs,
-    ) -> None:
-        """Save the prior together with the base model it decodes with, in one file.
-
-        ``dir_path/{prefix}model.pt`` holds the prior and, under ``base_model``, the base
-        model in the same safe format (see :mod:`genvi.model.base._io`): the pair is written
-        atomically, so an interrupted save keeps the previous pair.
-
-        Parameters
-        ----------
-        dir_path
-            Folder (created if missing).
-        prefix
-            File name prefix.
-        overwrite
-            Replace an existing model file of the same name.
-        save_anndata
-            Also write the registered AnnData to ``{prefix}adata.h5ad``.
-        **anndata_write_kwargs
-            Passed to :meth:`anndata.AnnData.write_h5ad`.
-        """
-        payload = model_payload(self)
-        payload["base_model"] = model_payload(self.base_model)
-        save_model(
-            self, dir_path, prefix, overwrite, save_anndata, payload=payload, **anndata_write_kwargs
+        condition_keys = as_key_list(condition_keys, "condition_keys")
+        continuous_condition_keys = as_key_list(
+            continuous_condition_keys, "continuous_condition_keys"
         )
-
-    @classmethod
-    def load(
-        cls,
-        dir_path: str | os.PathLike,
-        adata: AnnData | None = None,
-        base_model=None,
-        accelerator: str = "auto",
-        device: int | str = "auto",
-        prefix: str | None = None,
-    ):
-        """Load a saved prior with its base model.
-
-        Parameters
-        ----------
-        dir_path
-            Folder given to :meth:`save`.
-        adata
-            AnnData with the model's genes and condition columns (required).
-        base_model
-            The trained base model; by default the copy saved with the prior. A base model
-            other than the one the prior was trained on is refused.
-        accelerator, device
-            Where to put the models.
-        prefix
-            File name prefix used when saving.
-        """
-        path = os.path.join(os.fspath(dir_path), f"{prefix or ''}{MODEL_FILENAME}")
-        payload = read_model_file(path)
-        if adata is None:
-            raise ValueError(
-                f"{cls.__name__}.load needs adata= (cells with the model's genes and condition "
-                "columns)."
-            )
-        attrs = payload["decoded"]["attributes"]
-        check_genes(adata, np.asarray(payload["decoded"]["var_names"], dtype=str))
-        if base_model is None:
-            if "base_model" not in payload:
-                raise ModelFileError(
-                    f"{path} holds no base model; pass the trained base model as base_model=."
-                )
-            base_payload = check_payload(payload["base_model"], path)
-            base_model = model_from_payload(
-                _import_base(attrs["base_class_"]),
-                base_payload,
-                adata,
-                accelerator,
-                device,
-                path=f"{path} (base model)",
-            )
-        fingerprint = make_adapter(base_model).fingerprint()
-        if fingerprint != attrs["base_fingerprint_"]:
-            raise ValueError(
-                f"base_model is not the model this {cls.__name__} was trained on (its weights "
-                "differ). Pass the same trained base model, or retrain the prior on this one."
-            )
-        return model_from_payload(
+        setup_condition_fields(
             cls,
-            payload,
             adata,
-            accelerator,
-            device,
-            init_extra={"base_model": base_model},
-            path=path,
+            cls._get_setup_method_args(**locals()),
+            layer,
+            CategoricalJointObsField(cls._cat_registry_key, condition_keys or None),
+            condition_keys,
+            continuous_condition_keys,
+            batch_key,
+            size_factor_field=False,
+            **kwargs,
         )
+
+
+def module_options(init_locals: dict) -> dict:
+    """The module's options among a latent model's ``__init__`` arguments."""
+    return {
+        k: v
+        for k, v in init_locals.items()
+        if k not in ("self", "adata", "base_model", "__class__")
+    }
 
 
 def rows_or_none(a: np.ndarray | None, sl: slice) -> np.ndarray | None:
     """``a[sl]``, or ``None`` when there is no array."""
     return None if a is None else a[sl]
-
-
-def _import_base(class_path: str):
-    if class_path not in SUPPORTED_BASES:
-        raise ValueError(
-            f"Saved base model class {class_path!r} is not one genvi can load; supported: "
-            f"{list(SUPPORTED_BASES)}. Pass the base model as base_model=."
-        )
-    module, name = class_path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,49 @@
+"""The one ``train()`` of the count VAEs: scvi-tools' trainer with a KL warm-up that finishes."""
+
+from __future__ import annotations
+
+from scvi.model._utils import get_max_epochs_heuristic
+from scvi.model.base import UnsupervisedTrainingMixin
+
+from genvi.model.base._training import default_kl_warmup
+
+
+class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
+    """``train()`` with a KL warm-up of a quarter of the epochs by default."""
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        n_epochs_kl_warmup: int | None = None,
+        batch_size: int = 128,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train with scvi-tools' Lightning trainer.
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs; scvi-tools' heuristic from the number of cells by default.
+        n_epochs_kl_warmup
+            Epochs over which the KL weight rises from 0 to 1 (a quarter of ``max_epochs`` by
+            default; scvi-tools' default of 400 would never finish warming up on large data).
+        batch_size
+            Minibatch size.
+        plan_kwargs
+            Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
+        **kwargs
+            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's
+            ``Trainer`` (``accelerator``, ``devices``, ``strategy``, ``early_stopping``...).
+        """
+        if max_epochs is None:
+            max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
+        plan_kwargs = dict(plan_kwargs or {})
+        if "n_steps_kl_warmup" not in plan_kwargs:
+            plan_kwargs.setdefault(
+                "n_epochs_kl_warmup",
+                default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup,
+            )
+        return super().train(
+            max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan_kwargs, **kwargs
+        )
