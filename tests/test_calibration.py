@@ -67,6 +67,35 @@ def test_true_model_is_calibrated():
     np.testing.assert_allclose(table["coverage"], table["level"], atol=0.03)
 
 
+class RenamedKeys(TruthModel):
+    """The truth model, asked with the keys of a user whose obs columns clash with the table."""
+
+    names = {"condition": "cell_type", "level": "treatment"}
+
+    def predict_with_confidence(self, conditions, **kwargs):
+        return super().predict_with_confidence(
+            {self.names[k]: v for k, v in conditions.items()}, **kwargs
+        )
+
+
+def test_any_obs_column_name_works_as_a_condition_key(tmp_path):
+    """Keys named like the table's own columns ("condition", "level") work (demo crash)."""
+    sim = genvi.data.simulate(n_cells=300, n_genes=40, n_cell_types=2, seed=0)
+    real = genvi.data.sample_truth(sim, {}, n_cells=400, seed=3)
+    real.obs["condition"] = real.obs["cell_type"]
+    real.obs["level"] = real.obs["treatment"]
+    table = calibration(
+        RenamedKeys(sim), real, ["condition", "level"], levels=(0.5, 0.9), n_samples=300
+    )
+    assert table.attrs["key_columns"] == {"condition": "condition", "level": "level (condition)"}
+    assert set(table["condition"]) == set(real.obs["condition"].astype(str))
+    assert set(table["level (condition)"]) == set(real.obs["level"].astype(str))
+    assert sorted(table["level"].unique()) == [0.5, 0.9]
+    assert table["skipped"].isna().all()
+    ax = genvi.pl.calibration_curve(table, save=tmp_path / "c.png")
+    assert len(ax.lines) == 1 + table["genvi_condition"].nunique() + 1
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     sim = genvi.data.simulate(n_cells=300, n_genes=40, n_cell_types=2, seed=0)
@@ -84,7 +113,7 @@ def test_model_reliability_table(tiny_model):
     n_conditions = len(holdout.obs[["cell_type", "treatment"]].drop_duplicates())
     assert len(table) == 2 * n_conditions
     assert list(table.columns) == [
-        "condition",
+        "genvi_condition",
         "cell_type",
         "treatment",
         "level",
@@ -109,7 +138,7 @@ def test_model_reliability_table(tiny_model):
     assert row["coverage"] == pytest.approx(inside.mean(0).mean())
     assert row["coverage_sd"] == pytest.approx(inside.mean(0).std())
     # one seed for every level: the 90% intervals contain the 50% ones
-    wide = table.pivot(index="condition", columns="level", values="coverage")
+    wide = table.pivot(index="genvi_condition", columns="level", values="coverage")
     assert (wide[0.9] >= wide[0.5]).all()
 
     # about half the genes are above the median predicted mean of one condition

@@ -213,6 +213,11 @@ def test_bad_input(world, priors, scvi_base):
         LatentFlow.from_model(scvi_base, adata=fewer, condition_keys=["cell_type"])
     # a diffusion prior has no tractable likelihood: the method does not exist (LatentFlow has)
     assert not hasattr(model, "get_log_likelihood")
+    # the training history names the objective, not scVI's ELBO terms
+    for name, objective in (("diffusion", "denoising_loss"), ("flow", "flow_matching_loss")):
+        history = priors[name].history
+        assert f"{objective}_train" in history and "train_loss" in history
+        assert not [k for k in history if k.startswith(("elbo", "reconstruction", "kl_"))]
 
 
 def test_flow_on_priorvi_scores_unseen_type(sim, sim_split):

@@ -35,9 +35,10 @@ def test_mean_var_scatter(sim, tmp_path):
     assert path.read_bytes()[:8] == PNG
     assert len(fig.axes) == 2
     for ax in fig.axes:
-        assert len(ax.collections[0].get_offsets()) == sim.n_vars
+        assert sum(len(c.get_offsets()) for c in ax.collections) == sim.n_vars
         assert ax.get_xscale() == ax.get_yscale() == "log"
         assert len(ax.lines) == 1  # the identity line
+        assert "normalised" in ax.get_xlabel()
     # a subset of genes, one condition, drawn into given axes
     _, axes = plt.subplots(1, 2)
     genes = list(sim.var_names[:10])
@@ -45,7 +46,7 @@ def test_mean_var_scatter(sim, tmp_path):
         real, synthetic, condition={"cell_type": "type_1"}, genes=genes, ax=axes
     )
     assert out is axes[0].figure
-    assert len(axes[1].collections[0].get_offsets()) == 10
+    assert sum(len(c.get_offsets()) for c in axes[1].collections) == 10
     with pytest.raises(ValueError, match="2 axes"):
         genvi.pl.mean_var_scatter(real, synthetic, ax=[axes[0]])
 
@@ -55,8 +56,11 @@ def test_mean_var_scatter_zero_genes_stay_on_the_plot(sim):
     real.X = real.X.toarray()
     real.X[:, 0] = 0  # a gene never detected in the real cells
     fig = genvi.pl.mean_var_scatter(real, sim[100:200])
-    offsets = fig.axes[0].collections[0].get_offsets()
-    assert len(offsets) == sim.n_vars and np.isfinite(offsets).all()
+    detected, zero = fig.axes[0].collections
+    assert len(detected.get_offsets()) == sim.n_vars - 1 and len(zero.get_offsets()) == 1
+    assert np.isfinite(zero.get_offsets()).all()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "1 genes with zero mean (at the edge)" in labels
 
 
 def test_counterfactual_scatter(sim, tmp_path):
@@ -81,7 +85,7 @@ def test_calibration_curve(tmp_path):
     levels = [0.5, 0.8, 0.9, 0.95]
     table = pd.DataFrame(
         {
-            "condition": np.repeat(["a", "b", "c"], 4),
+            "genvi_condition": np.repeat(["a", "b", "c"], 4),
             "level": levels * 3,
             "coverage": [0.45, 0.75, 0.88, 0.93] * 2 + [np.nan] * 4,
             "skipped": [None] * 8 + ["3 real cells < min_cells=10"] * 4,
@@ -96,11 +100,27 @@ def test_calibration_curve(tmp_path):
     np.testing.assert_allclose(ax.lines[-1].get_ydata(), [0.45, 0.75, 0.88, 0.93])
     assert len(genvi.pl.calibration_curve(table, by_condition=False).lines) == 2
     with pytest.raises(ValueError, match="skipped"):
-        genvi.pl.calibration_curve(table[table["condition"] == "c"])
+        genvi.pl.calibration_curve(table[table["genvi_condition"] == "c"])
 
 
 def test_real_vs_generated_pca(sim, tmp_path):
     path = tmp_path / "pca.png"
-    fig = genvi.pl.real_vs_generated(sim[:100], sim[100:200], ["cell_type"], basis="pca", save=path)
+    real, generated = sim[:100], sim[100:250]
+    fig = genvi.pl.real_vs_generated(real, generated, ["cell_type"], basis="pca", save=path)
     assert path.read_bytes()[:8] == PNG
-    assert len(fig.axes) >= 2
+    source, by_real, by_generated = fig.axes
+    # panel 1 draws every cell once, real and generated interleaved (neither hides the other)
+    colors = source.collections[0].get_facecolors()
+    assert len(colors) == 250
+    is_generated = np.isclose(colors[:, 0], matplotlib.colors.to_rgba("#1a1a1a")[0])
+    assert is_generated.sum() == 150 and not is_generated[:150].all()
+    # conditions: the key in the titles, one shared colour per condition in both panels
+    assert by_real.get_title() == "real cells by cell_type"
+    assert by_generated.get_title() == "generated cells by cell_type"
+    legend = {t.get_text() for t in by_generated.get_legend().get_texts()}
+    assert legend == set(sim.obs["cell_type"].astype(str))
+    real_colors = {tuple(c) for c in by_real.collections[1].get_facecolors()}
+    generated_colors = {tuple(c) for c in by_generated.collections[1].get_facecolors()}
+    assert real_colors == generated_colors and len(real_colors) == 2
+    with pytest.raises(KeyError, match="donor"):
+        genvi.pl.real_vs_generated(real, generated, ["donor"], basis="pca")

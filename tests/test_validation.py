@@ -87,9 +87,7 @@ def test_bad_n_cells(trained, n):
 
 
 def test_genes_must_match_the_model(trained, tiny):
-    other = tiny[:, ::-1].copy()  # same genes, other order
-    with pytest.raises(ValueError, match="do not match"):
-        trained.get_log_likelihood(other)
+    # the same genes in another order are reordered (tests/test_interop.py); fewer genes are not
     with pytest.raises(ValueError, match="do not match"):
         trained.get_latent_representation(tiny[:, :10].copy())
 

@@ -12,6 +12,18 @@ from scipy import sparse
 _CHUNK_ROWS = 10_000
 
 
+def check_anndata(adata) -> None:
+    """Raise a clear error for objects that are not an AnnData (``adata.raw`` in particular)."""
+    if isinstance(adata, AnnData):
+        return
+    if type(adata).__name__ == "Raw":
+        raise TypeError(
+            "Got `adata.raw`, which is not an AnnData. Pass `adata.raw.to_adata()` (the raw "
+            "counts with the cells' obs) or the AnnData whose X / layer holds the counts."
+        )
+    raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
+
+
 def get_matrix(adata: AnnData, layer: str | None):
     """The expression matrix of ``adata`` (``X`` or ``layers[layer]``) with a clear error."""
     if layer is None:
@@ -136,20 +148,36 @@ def check_obs_keys(
         raise ValueError(f"obs[{size_factor_key!r}] must be strictly positive size factors.")
 
 
+def same_genes_other_order(adata: AnnData, var_names: Sequence[str]) -> bool:
+    """Whether ``adata`` has exactly the model's genes, in another order."""
+    var_names = pd.Index(var_names)
+    return (
+        adata.n_vars == len(var_names)
+        and not np.array_equal(adata.var_names, var_names)
+        and pd.Index(adata.var_names).is_unique
+        and set(adata.var_names) == set(var_names)
+    )
+
+
 def check_genes(adata: AnnData, var_names: Sequence[str]) -> None:
     """Raise if ``adata`` does not have exactly the model's genes in the model's order."""
     var_names = pd.Index(var_names)
     if adata.n_vars == len(var_names) and np.array_equal(adata.var_names, var_names):
         return
+    if same_genes_other_order(adata, var_names):
+        raise ValueError(
+            "This AnnData has the model's genes in a different order. Reorder them as in "
+            "training: `adata = adata[:, model.adata.var_names].copy()`."
+        )
     missing = var_names.difference(adata.var_names)
     extra = pd.Index(adata.var_names).difference(var_names)
     hint = (
-        "Subset and order the genes as in training: `adata = adata[:, model_var_names].copy()`."
+        "Subset the genes to the model's: `adata = adata[:, model.adata.var_names].copy()`."
         if len(missing) == 0
         else "The data lack genes the model was trained on; it cannot be scored by this model."
     )
     raise ValueError(
         f"The genes of this AnnData ({adata.n_vars}) do not match the model's "
         f"({len(var_names)}): {len(missing)} missing (e.g. {list(missing[:5])}), "
-        f"{len(extra)} unexpected (e.g. {list(extra[:5])}), or a different order. {hint}"
+        f"{len(extra)} unexpected (e.g. {list(extra[:5])}). {hint}"
     )

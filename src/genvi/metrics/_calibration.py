@@ -13,6 +13,9 @@ from ._compare import LABEL_SEP, _check_keys, _condition_labels
 from ._space import _check_unique_genes, _get_counts
 
 DEFAULT_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+# the condition's label ("B cells|stimulated") and the per-level statistics of the table
+LABEL_COLUMN = "genvi_condition"
+STAT_COLUMNS = ("level", "coverage", "coverage_sd", "n_cells", "n_genes", "skipped")
 
 
 def interval_coverage(values: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -132,10 +135,12 @@ def calibration(
     Returns
     -------
     pandas.DataFrame
-        One row per condition and level: ``condition`` (values joined by ``"|"``), one column
-        per condition key, ``level`` (nominal), ``coverage`` (observed, mean over the kept
-        genes), ``coverage_sd`` (its spread across genes), ``n_cells``, ``n_genes`` (genes
-        kept) and ``skipped`` (``None`` or the reason; coverage is then NaN).
+        One row per condition and level: ``genvi_condition`` (values joined by ``"|"``), one
+        column per condition key (named after the key; a key that clashes with a column of
+        this table gets the suffix `` (condition)``, see ``attrs["key_columns"]``), ``level``
+        (nominal), ``coverage`` (observed, mean over the kept genes), ``coverage_sd`` (its
+        spread across genes), ``n_cells``, ``n_genes`` (genes kept) and ``skipped`` (``None``
+        or the reason; coverage is then NaN).
     """
     if not callable(getattr(model, "predict_with_confidence", None)):
         raise TypeError(f"{type(model).__name__} has no `predict_with_confidence` method.")
@@ -151,12 +156,20 @@ def calibration(
     labels = _condition_labels(real.obs, keys).to_numpy()
     combos = real.obs[keys].dropna().drop_duplicates().sort_values(keys)
     counts = _get_counts(real, layer)
+    # any obs column name must work: a key named like a column of this table gets a suffix
+    key_columns = {
+        k: (f"{k} (condition)" if k in (LABEL_COLUMN, *STAT_COLUMNS) else k) for k in keys
+    }
 
     rows: list[dict[str, object]] = []
     for combo in combos.itertuples(index=False, name=None):
         label = LABEL_SEP.join(map(str, combo))
         mask = labels == label
-        base = {"condition": label, **dict(zip(keys, combo)), "n_cells": int(mask.sum())}
+        base = {
+            LABEL_COLUMN: label,
+            **{key_columns[k]: v for k, v in zip(keys, combo)},
+            "n_cells": int(mask.sum()),
+        }
         skipped = None
         preds: dict[float, pd.DataFrame] = {}
         if base["n_cells"] < max(min_cells, 1):
@@ -205,8 +218,8 @@ def calibration(
                 row["coverage_sd"] = float(per_gene.std())
             rows.append(row)
 
-    columns = ["condition", *keys, "level", "coverage", "coverage_sd", "n_cells", "n_genes"]
-    df = pd.DataFrame(rows, columns=[*columns, "skipped"])
+    columns = [LABEL_COLUMN, *key_columns.values(), *STAT_COLUMNS]
+    df = pd.DataFrame(rows, columns=columns)
     df[["level", "coverage", "coverage_sd"]] = df[["level", "coverage", "coverage_sd"]].astype(
         np.float64
     )
@@ -214,6 +227,7 @@ def calibration(
     df.attrs.update(
         {
             "condition_keys": keys,
+            "key_columns": key_columns,
             "levels": levels,
             "n_samples": n_samples,
             "min_mean": min_mean,

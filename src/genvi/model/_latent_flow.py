@@ -12,6 +12,7 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from torch.distributions import Normal
+from tqdm.auto import tqdm
 
 from genvi._registry import document_options
 from genvi.model.base._conditions import Conditions
@@ -166,8 +167,13 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
         indices: Sequence[int] | None = None,
         trace: Literal["exact", "hutchinson"] = "exact",
         batch_size: int = 1024,
+        progress: bool = True,
     ) -> np.ndarray:
-        """The flow's log p(z | c) at the cells' base posterior means (latent space only)."""
+        """The flow's log p(z | c) at the cells' base posterior means (latent space only).
+
+        One ODE solve per cell, with the exact divergence by default; ``progress`` shows a bar
+        over batches of cells.
+        """
         self._check_trained()
         adata = self._validate_anndata(adata)
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
@@ -175,7 +181,8 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
         cat, cont = self._condition_arrays(adata, idx)
         self.module.eval()
         out = []
-        for start in range(0, len(idx), batch_size):
+        starts = range(0, len(idx), batch_size)
+        for start in tqdm(starts, desc="latent log-density", disable=not progress):
             sl = slice(start, start + batch_size)
             z = torch.as_tensor(loc[idx[sl]], device=self.module.device)
             cond = self._condition_tensors(rows_or_none(cat, sl), rows_or_none(cont, sl), n=len(z))
@@ -190,6 +197,7 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
         batch_size: int | None = None,
         trace: Literal["exact", "hutchinson"] = "exact",
         n_steps: int = 20,
+        progress: bool = True,
     ) -> np.ndarray:
         """Importance-weighted log p(x | c) per cell: flow prior times base decoder.
 
@@ -213,6 +221,8 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
             ``"hutchinson"`` (one, unbiased but noisy).
         n_steps
             Heun steps of the change-of-variables ODE.
+        progress
+            Show a progress bar over batches of cells (each needs ``n_samples`` ODE solves).
         """
         batch_size = batch_size or 256
         self._check_trained()
@@ -227,7 +237,8 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
         dev, base_dev = self.module.device, self._adapter.device
         out = []
         with torch.no_grad():
-            for start in range(0, len(idx), batch_size):
+            starts = range(0, len(idx), batch_size)
+            for start in tqdm(starts, desc="log-likelihood", disable=not progress):
                 sl = slice(start, start + batch_size)
                 rows = idx[sl]
                 n, k = len(rows), n_samples
@@ -290,7 +301,9 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
             ``"latent"`` or ``"per_count"``.
         """
         if kind == "latent":
-            return -self.get_latent_log_prob(adata, indices, batch_size=batch_size or 1024)
+            return -self.get_latent_log_prob(
+                adata, indices, batch_size=batch_size or 1024, progress=False
+            )
         if kind != "per_count":
             raise ValueError(f"kind must be 'latent' or 'per_count', got {kind!r}.")
         return super().score_outliers(adata, indices, n_samples, batch_size)

@@ -117,12 +117,29 @@ class CountVAEMixin:
         return x if self.gene_likelihood == "normal" else torch.log1p(x)
 
     @torch.inference_mode()
-    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        """Posterior predictive samples ``(n, genes)`` or ``(n, genes, n_samples)``."""
+    def sample(
+        self,
+        tensors: dict[str, torch.Tensor],
+        n_samples: int = 1,
+        max_poisson_rate: float = 1e8,
+        generative_kwargs: dict | None = None,
+    ) -> torch.Tensor:
+        """Posterior predictive samples ``(n, genes)`` or ``(n, genes, n_samples)``.
+
+        The signature of :meth:`scvi.module.VAE.sample`, so scvi-tools'
+        ``posterior_predictive_sample`` and ``scvi.criticism`` work on genvi models.
+        ``max_poisson_rate`` clips the rate of a Poisson likelihood (as scvi-tools does).
+        """
         _, gen = self.forward(
-            tensors, inference_kwargs={"n_samples": n_samples}, compute_loss=False
+            tensors,
+            inference_kwargs={"n_samples": n_samples},
+            generative_kwargs=generative_kwargs,
+            compute_loss=False,
         )
-        samples = gen["px"].sample()
+        px = gen["px"]
+        if isinstance(px, Poisson):
+            px = Poisson(px.rate.clamp(max=max_poisson_rate), scale=px.scale)
+        samples = px.sample()
         return samples.permute(1, 2, 0).cpu() if n_samples > 1 else samples.cpu()
 
     @torch.inference_mode()

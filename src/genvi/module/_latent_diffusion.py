@@ -33,6 +33,9 @@ class LatentDiffusionModule(LatentPriorModule):
         See :class:`~genvi.module.LatentPriorModule`.
     """
 
+    #: name of the training objective in ``history`` (``denoising_loss_train``...)
+    objective = "denoising_loss"
+
     def __init__(self, *args, prediction: Literal["eps", "v"] = "v", **kwargs):
         super().__init__(*args, **kwargs)
         if prediction not in ("eps", "v"):

@@ -38,6 +38,9 @@ class LatentFlowModule(LatentPriorModule):
         See :class:`~genvi.module.LatentPriorModule`.
     """
 
+    #: name of the training objective in ``history`` (``flow_matching_loss_train``...)
+    objective = "flow_matching_loss"
+
     def __init__(self, *args, ot_pairing: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.ot_pairing = ot_pairing

@@ -45,6 +45,9 @@ class LatentPriorModule(BaseModuleClass):
         The base model's likelihood (recorded in generated data).
     """
 
+    #: name of the training objective in ``history``; set by subclasses
+    objective = "loss"
+
     def __init__(
         self,
         n_latent: int,

@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.axes import Axes
 
+from genvi.metrics._calibration import LABEL_COLUMN
+
 from ._utils import finish
 
 
@@ -20,12 +22,13 @@ def calibration_curve(
 ) -> Axes:
     """Observed vs nominal coverage of predictive intervals, with the diagonal.
 
-    Points below the diagonal mean intervals too narrow (over-confident), above too wide.
+    Points below the diagonal mean intervals too narrow (over-confident: real cells fall
+    outside more often than the level says), above too wide (under-confident).
 
     Parameters
     ----------
     table
-        Reliability table of :func:`genvi.metrics.calibration` (columns ``condition``,
+        Reliability table of :func:`genvi.metrics.calibration` (columns ``genvi_condition``,
         ``level``, ``coverage``, ``skipped``).
     by_condition
         Also draw one thin line per condition behind the mean over conditions.
@@ -44,7 +47,7 @@ def calibration_curve(
     """
     import matplotlib.pyplot as plt
 
-    missing = {"condition", "level", "coverage"} - set(table.columns)
+    missing = {LABEL_COLUMN, "level", "coverage"} - set(table.columns)
     if missing:
         raise KeyError(
             f"`table` lacks columns {sorted(missing)}; pass genvi.metrics.calibration(...)."
@@ -58,11 +61,11 @@ def calibration_curve(
         _, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="0.3", linestyle="--", linewidth=1, label="calibrated")
     if by_condition:
-        for _, group in scored.groupby("condition", sort=False):
+        for _, group in scored.groupby(LABEL_COLUMN, sort=False):
             group = group.sort_values("level")
             ax.plot(group["level"], group["coverage"], color="tab:blue", alpha=0.25, linewidth=1)
     mean = scored.groupby("level")["coverage"].mean()
-    n_cond = scored["condition"].nunique()
+    n_cond = scored[LABEL_COLUMN].nunique()
     ax.plot(
         mean.index,
         mean.to_numpy(),
@@ -73,10 +76,14 @@ def calibration_curve(
     )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
+    ax.set_xticks(sorted(mean.index))
     ax.set_aspect("equal")
-    ax.set_xlabel("nominal coverage")
-    ax.set_ylabel("observed coverage")
+    ax.set_xlabel("nominal coverage (interval level)")
+    ax.set_ylabel("observed coverage of held-out cells")
     ax.set_title("calibration of predictive intervals")
+    kw = {"transform": ax.transAxes, "fontsize": 8, "color": "0.35"}
+    ax.text(0.97, 0.05, "below the diagonal:\nintervals too narrow", ha="right", **kw)
+    ax.text(0.03, 0.97 - 0.12, "above: too wide", ha="left", va="top", **kw)
     ax.legend(loc="upper left", fontsize=8)
     finish(ax.figure, show, save)
     return ax

@@ -59,23 +59,37 @@ def _normalized_mean_var(
     return x.mean(axis=0), x.var(axis=0, ddof=1)
 
 
-def _loglog_panel(ax: Axes, real: np.ndarray, gen: np.ndarray, what: str, **kwargs: Any) -> None:
+def _loglog_panel(
+    ax: Axes, real: np.ndarray, gen: np.ndarray, what: str, unit: str, **kwargs: Any
+) -> None:
     positive = np.concatenate([real[real > 0], gen[gen > 0]])
-    # Genes with a zero statistic cannot sit on a log axis; draw them at the lower edge.
+    # Genes with a zero statistic cannot sit on a log axis; draw them, hollow, at the lower edge.
     low = positive.min() / 2 if positive.size else 1e-3
     x, y = np.maximum(real, low), np.maximum(gen, low)
-    ax.scatter(x, y, s=kwargs.pop("s", 8), alpha=kwargs.pop("alpha", 0.6), **kwargs)
+    zero = (real <= 0) | (gen <= 0)
+    size, alpha = kwargs.pop("s", 8), kwargs.pop("alpha", 0.6)
+    ax.scatter(x[~zero], y[~zero], s=size, alpha=alpha, **kwargs)
+    if zero.any():
+        ax.scatter(
+            x[zero],
+            y[zero],
+            s=size,
+            facecolors="none",
+            edgecolors="tab:red",
+            label=f"{int(zero.sum())} genes with zero {what} (at the edge)",
+        )
     lims = [min(x.min(), y.min()) / 1.5, max(x.max(), y.max()) * 1.5]
     ax.plot(lims, lims, color="0.3", linestyle="--", linewidth=1, label="identity")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lims)
     ax.set_ylim(lims)
-    both = (real > 0) & (gen > 0)
+    both = ~zero
     r = np.corrcoef(np.log10(real[both]), np.log10(gen[both]))[0, 1] if both.sum() > 2 else np.nan
-    ax.set_xlabel(f"real {what}")
-    ax.set_ylabel(f"generated {what}")
+    ax.set_xlabel(f"real cells: {what} ({unit})")
+    ax.set_ylabel(f"generated cells: {what} ({unit})")
     ax.set_title(f"per-gene {what} (log-log r = {r:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
 
 
 def mean_var_scatter(
@@ -95,8 +109,9 @@ def mean_var_scatter(
     """Per-gene mean and variance of real vs generated cells, log-log, with the identity line.
 
     Each point is a gene; statistics are over cells of counts scaled to ``target_sum`` per cell
-    (total over all genes). Points on the dashed identity line are reproduced exactly. Genes
-    with a zero mean or variance are drawn at the lower edge of the axes. Titles give the
+    (total over all genes), i.e. normalised expression, not raw counts. Points on the dashed
+    identity line are reproduced exactly. Genes with a zero mean or variance in either set are
+    drawn hollow at the lower edge of the axes and counted in the legend. Titles give the
     Pearson r of the log10 statistics over genes where both are positive.
 
     Parameters
@@ -143,8 +158,9 @@ def mean_var_scatter(
         if len(axes) != 2:
             raise ValueError(f"`ax` must hold 2 axes (mean, variance), got {len(axes)}.")
         fig = axes[0].figure
-    _loglog_panel(axes[0], real_mean, gen_mean, "mean", **dict(scatter_kwargs))
-    _loglog_panel(axes[1], real_var, gen_var, "variance", **dict(scatter_kwargs))
+    unit = f"counts per {target_sum:g}, normalised per cell"
+    _loglog_panel(axes[0], real_mean, gen_mean, "mean", unit, **dict(scatter_kwargs))
+    _loglog_panel(axes[1], real_var, gen_var, "variance", unit, **dict(scatter_kwargs))
     if condition:
         fig.suptitle(", ".join(f"{k} = {v}" for k, v in condition.items()))
     if ax is None:

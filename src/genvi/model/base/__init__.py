@@ -11,7 +11,12 @@ from ._likelihood import LikelihoodMixin
 from ._reference import TrainingReferenceMixin
 from ._seeding import seeded
 from ._setup import as_key_list, setup_condition_fields
-from ._training import GenviTrainingPlan, NonFiniteLossError, default_kl_warmup
+from ._training import (
+    GenviTrainingPlan,
+    LatentPriorTrainingPlan,
+    NonFiniteLossError,
+    default_kl_warmup,
+)
 from ._training_mixin import KLWarmupTrainingMixin
 
 __all__ = [
@@ -23,6 +28,7 @@ __all__ = [
     "GenerationMixin",
     "GenviTrainingPlan",
     "KLWarmupTrainingMixin",
+    "LatentPriorTrainingPlan",
     "LikelihoodMixin",
     "LoadMixin",
     "ModelFileError",

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from genvi._validation import check_genes
+from genvi._validation import check_anndata, check_genes, same_genes_other_order
 from genvi.model.base._conditions import ConditionSchema
 from genvi.nn import ConditionInputs
 
@@ -118,6 +118,24 @@ class ConditionedModelMixin:
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
         if adata is not None:
+            check_anndata(adata)
+            if same_genes_other_order(adata, self.var_names_):
+                adata = _reordered(adata, self.var_names_)
             check_genes(adata, self.var_names_)
             self._schema.check_obs(adata.obs, self._missing_labels, self._unknown_label)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
+
+def _reordered(adata: AnnData, var_names) -> AnnData:
+    """A copy with the model's gene order (the user's AnnData is not changed)."""
+    warnings.warn(
+        "This AnnData has the model's genes in another order; using a copy reordered as in "
+        "training (outputs follow the model's gene order).",
+        UserWarning,
+        stacklevel=4,
+    )
+    out = adata[:, list(var_names)].copy()
+    # the copy is a new object: scvi-tools must register it anew, not mistake it for the original
+    for key in [k for k in out.uns if str(k).startswith("_scvi")]:
+        del out.uns[key]
+    return out

@@ -155,18 +155,47 @@ class CounterfactualMixin:
         return_mean: bool,
         **metadata,
     ) -> AnnData:
-        """AnnData of counterfactual cells: obs of the input with the changed conditions."""
+        """AnnData of counterfactual cells.
+
+        ``obs`` keeps the conditions (the changed ones set to their new values) and the batch;
+        per-cell QC columns that no longer hold (``n_counts``, ``n_genes``...) are recomputed
+        from the counterfactual (counts-based ones are dropped for expected values); every
+        other column describes the cell the counterfactual came from and is renamed
+        ``source_<column>``. ``genvi_counterfactual`` marks the cells and
+        ``genvi_source_cell`` names the input cell.
+        """
         obs = adata.obs.iloc[np.asarray(indices)] if indices is not None else adata.obs
         # scvi-tools' registration columns describe the input, not the counterfactual
         obs = obs.loc[:, [c for c in obs.columns if not str(c).startswith("_scvi")]].copy()
-        categorical = self._schema.categorical
-        for key, value in new.items():
-            if key in categorical:
-                obs[key] = pd.Categorical([value] * len(obs), categories=categorical[key])
+        schema = self._schema
+        kept = {*schema.keys, self.batch_key_}
+        out = pd.DataFrame(index=obs.index.copy())
+        for col in obs.columns:
+            if col in new:
+                if col in schema.categorical:
+                    cats = schema.categorical[col]
+                    out[col] = pd.Categorical([new[col]] * len(obs), categories=cats)
+                else:
+                    out[col] = float(new[col])
+            elif col in kept:
+                out[col] = obs[col]
+            elif col in _QC_COLUMNS:
+                if col in _COUNT_ONLY_QC and return_mean:
+                    continue
+                out[col] = _QC_COLUMNS[col](x)
             else:
-                obs[key] = float(value)
+                out[f"source_{col}"] = obs[col]
+        for key, value in new.items():  # conditions absent from the input's obs
+            if key not in out.columns:
+                out[key] = (
+                    pd.Categorical([value] * len(obs), categories=schema.categorical[key])
+                    if key in schema.categorical
+                    else float(value)
+                )
+        out["genvi_counterfactual"] = True
+        out["genvi_source_cell"] = obs.index.astype(str).to_numpy()
         result = AnnData(
-            X=x if return_mean else sparse.csr_matrix(x), obs=obs, var=adata.var.copy()
+            X=x if return_mean else sparse.csr_matrix(x), obs=out, var=adata.var.copy()
         )
         result.uns["genvi"] = self._run_metadata(
             method="predict_counterfactual",
@@ -175,3 +204,24 @@ class CounterfactualMixin:
             **metadata,
         )
         return result
+
+
+def _totals(x: np.ndarray) -> np.ndarray:
+    return x.sum(1).astype(np.float64)
+
+
+def _detected(x: np.ndarray) -> np.ndarray:
+    return (x > 0).sum(1).astype(np.int64)
+
+
+# per-cell QC columns scanpy / scvi-tools users carry; recomputed for counterfactual cells
+_QC_COLUMNS = {
+    "n_counts": _totals,
+    "total_counts": _totals,
+    "log1p_total_counts": lambda x: np.log1p(_totals(x)),
+    "n_genes": _detected,
+    "n_genes_by_counts": _detected,
+    "log1p_n_genes_by_counts": lambda x: np.log1p(_detected(x)),
+}
+# detected genes are not defined for expected values (every mean is positive)
+_COUNT_ONLY_QC = {"n_genes", "n_genes_by_counts", "log1p_n_genes_by_counts"}

@@ -105,7 +105,10 @@ class GenerationMixin:
             r = rows[sl]
             with torch.inference_mode():
                 cond = self._condition_tensors(cat[r], cont[r], keep[r])
-                z = self._sample_latent(cond, **(sample_kwargs or {}))
+                if "latents" in prep:  # decode_latents: given, not sampled
+                    z = torch.as_tensor(prep["latents"][sl], device=dev)
+                else:
+                    z = self._sample_latent(cond, **(sample_kwargs or {}))
                 px = self._decode_reference(
                     z,
                     cond,
@@ -126,9 +129,12 @@ class GenerationMixin:
         batch_size: int,
         sample_kwargs: dict | None = None,
         progress: bool = False,
+        latents: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Sample latents, library sizes and observations for each spec; arrays on the CPU."""
+        """Sample latents (unless given), library sizes and observations; arrays on the CPU."""
         prep = self._prepare_cells(specs, n_cells, library_size, batch, rng)
+        if latents is not None:
+            prep["latents"] = latents
         xs, zs = [], []
         for x, z in self._iter_cells(prep, batch_size, sample_kwargs, progress):
             xs.append(x)
@@ -207,6 +213,69 @@ class GenerationMixin:
         """
         return self._generate(conditions, n_cells, library_size, batch, seed, batch_size, out=out)
 
+    def decode_latents(
+        self,
+        latents: np.ndarray,
+        conditions: Conditions,
+        n_cells: int | Sequence[int] | None = None,
+        library_size: float | np.ndarray | None = None,
+        batch: str | None = None,
+        seed: int | None = None,
+        batch_size: int = 1024,
+    ) -> AnnData:
+        """Decode given latents as cells of the given conditions.
+
+        Everything :meth:`generate` does after drawing latents: library sizes (and batches) from
+        training cells of each condition, the model's decoder, sampled counts. Useful to decode
+        latents from elsewhere: another prior (e.g. scVI's N(0, I), to compare with the learned
+        prior), an interpolation, or edited latents.
+
+        Parameters
+        ----------
+        latents
+            ``(n, n_latent)`` latents in the model's latent space, rows in the order of the
+            conditions (``n_cells`` rows for the first condition, then the next...).
+        conditions
+            As in :meth:`generate`.
+        n_cells
+            Rows per condition; by default ``n / len(conditions)`` each.
+        library_size, batch, seed, batch_size
+            As in :meth:`generate`.
+
+        Returns
+        -------
+        AnnData as :meth:`generate`, with ``latents`` in ``obsm["X_genvi_latent"]``.
+        """
+        specs = self._schema.parse(conditions)
+        latents = np.asarray(latents, dtype=np.float32)
+        n_latent = int(self.module.n_latent)
+        if latents.ndim != 2 or latents.shape[1] != n_latent:
+            raise ValueError(f"latents must have shape (n_cells, {n_latent}), got {latents.shape}.")
+        if n_cells is None:
+            if len(latents) % len(specs):
+                raise ValueError(
+                    f"{len(latents)} latents do not split evenly over {len(specs)} conditions; "
+                    "pass n_cells."
+                )
+            n_cells = len(latents) // len(specs)
+        counts = self._n_cells_per_spec(n_cells, len(specs))
+        if sum(counts) != len(latents):
+            raise ValueError(
+                f"n_cells sums to {sum(counts)} but {len(latents)} latents were given."
+            )
+        if not np.all(np.isfinite(latents)):
+            raise ValueError("latents contain NaN or infinite values.")
+        return self._generate(
+            specs,
+            counts,
+            library_size,
+            batch,
+            seed,
+            batch_size,
+            metadata={"latents": "given (decode_latents)"},
+            latents=latents,
+        )
+
     def _generate(
         self,
         conditions: Conditions,
@@ -219,6 +288,7 @@ class GenerationMixin:
         metadata: dict | None = None,
         progress: bool = False,
         out: str | os.PathLike | None = None,
+        latents: np.ndarray | None = None,
     ) -> AnnData:
         specs = self._schema.parse(conditions)
         counts = self._n_cells_per_spec(n_cells, len(specs))
@@ -235,6 +305,8 @@ class GenerationMixin:
         with seeded(seed, self.module.device) as rng:
             if out is not None:
                 prep = self._prepare_cells(specs, counts, library_size, batch, rng)
+                if latents is not None:
+                    prep["latents"] = latents
                 obs = self._generated_obs(specs, counts, prep)
                 write_h5ad_stream(
                     out,
@@ -245,7 +317,15 @@ class GenerationMixin:
                 )
                 return read_backed(out)
             sim = self._simulate_cells(
-                specs, counts, library_size, batch, rng, batch_size, sample_kwargs, progress
+                specs,
+                counts,
+                library_size,
+                batch,
+                rng,
+                batch_size,
+                sample_kwargs,
+                progress,
+                latents=latents,
             )
         adata = AnnData(
             X=sparse.csr_matrix(sim["x"]), obs=self._generated_obs(specs, counts, sim), var=var

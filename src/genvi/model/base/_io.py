@@ -28,6 +28,10 @@ a model file cannot execute code (scvi-tools' own files are full pickles). Its k
 ``base_model``
     Latent priors only: the payload of the base model they decode with, in the same
     format, so the pair is written (and replaced) in one atomic step.
+``attr_dict``, ``var_names``, ``model_state_dict``
+    Not read by genvi. They are where scvi-tools' ``load`` looks, so that
+    ``scvi.model.SCVI.load(<a genvi folder>)`` fails with a message naming the genvi class
+    to load the file with, instead of an unrelated ``AttributeError``.
 
 Saving writes a temporary file next to the target, flushes it to disk and renames it over
 the target (:func:`os.replace`, atomic on POSIX and Windows), so an interrupted save leaves
@@ -175,14 +179,36 @@ def model_payload(model) -> dict:
     attributes = {"attributes": attrs, "var_names": np.asarray(model.adata.var_names, dtype=str)}
     arrays: dict[str, torch.Tensor] = {}
     encoded = json.dumps(_encode(attributes, arrays, type(model).__name__))
+    class_path = _class_path(type(model))
     return {
         FORMAT_KEY: FORMAT_VERSION,
         "genvi_version": str(genvi.__version__),
-        "model_class": _class_path(type(model)),
+        "model_class": class_path,
         "state_dict": state,
         "attributes": encoded,
         "arrays": arrays,
         "checksum": _checksum(encoded, arrays, state),
+        **_scvi_tools_guard(class_path),
+    }
+
+
+def _scvi_tools_guard(class_path: str) -> dict:
+    """Entries that make scvi-tools' ``load`` stop with a message naming the genvi class.
+
+    scvi-tools calls ``getattr(cls, registry["setup_method_name"])`` when an AnnData is given
+    and ``cls(**init_params_["non_kwargs"])`` otherwise; both errors quote the text below.
+    """
+    text = (
+        f"THIS IS A GENVI MODEL FILE (genvi's safe format, not scvi-tools' pickle): load it "
+        f"with {class_path}.load(dir_path, adata)"
+    )
+    return {
+        "attr_dict": {
+            "registry_": {"setup_method_name": text, "setup_args": {}},
+            "init_params_": {"non_kwargs": {text: None}, "kwargs": {}},
+        },
+        "var_names": [],
+        "model_state_dict": {},
     }
 
 

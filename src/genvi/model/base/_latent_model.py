@@ -29,7 +29,7 @@ from genvi.model.base._latent_data import LatentDataModule
 from genvi.model.base._latent_io import LatentPriorIOMixin
 from genvi.model.base._seeding import seeded
 from genvi.model.base._setup import as_key_list, setup_condition_fields
-from genvi.model.base._training import GenviTrainingPlan
+from genvi.model.base._training import LatentPriorTrainingPlan
 from genvi.nn import ConditionInputs
 
 # Diffusion / flow-matching objectives are noisy per step: train for a number of optimizer
@@ -64,6 +64,7 @@ class LatentPriorModel(
             raise ValueError(f"{type(self).__name__} needs a trained base model: base_model=...")
         adapter = make_adapter(base_model)
         check_genes(adata, adapter.var_names)
+        self._register_with_base(adata, base_model)
         super().__init__(adata)
         setup_batch = self.adata_manager.registry["setup_args"].get("batch_key")
         base_batch = base_model.adata_manager.registry["setup_args"].get("batch_key")
@@ -119,21 +120,39 @@ class LatentPriorModel(
             Cells to train on (same genes as the base model); ``base_model.adata`` by default.
             Registration adds scvi-tools' metadata to ``adata.uns`` only.
         condition_keys, continuous_condition_keys
-            Conditions to generate from.
+            Conditions to generate from. When both are omitted and ``adata`` was already
+            registered with :meth:`setup_anndata`, that registration is used as it is.
         **model_kwargs
             Passed to the model's constructor.
         """
         adata = base_model.adata if adata is None else adata
         if adata is None:
             raise ValueError("The base model holds no AnnData; pass adata=.")
-        layer = base_model.adata_manager.registry["setup_args"].get("layer")
-        cls.setup_anndata(
-            adata,
-            layer=layer,
-            condition_keys=condition_keys,
-            continuous_condition_keys=continuous_condition_keys,
-        )
+        if condition_keys is not None or continuous_condition_keys is not None:
+            layer = base_model.adata_manager.registry["setup_args"].get("layer")
+            cls.setup_anndata(
+                adata,
+                layer=layer,
+                condition_keys=condition_keys,
+                continuous_condition_keys=continuous_condition_keys,
+            )
+        elif cls._get_most_recent_anndata_manager(adata) is None:
+            layer = base_model.adata_manager.registry["setup_args"].get("layer")
+            cls.setup_anndata(adata, layer=layer)
         return cls(adata, base_model=base_model, **model_kwargs)
+
+    @classmethod
+    def _register_with_base(cls, adata: AnnData, base_model) -> None:
+        """Make ``adata`` known to the base model without losing its registration here.
+
+        The base model reads latents and decoder inputs from ``adata``. When ``adata`` is a copy
+        of the base model's AnnData, scvi-tools re-keys it on first use by the base model, which
+        would orphan this model's registration; it is then repeated with the same arguments.
+        """
+        manager = cls._get_most_recent_anndata_manager(adata)
+        base_model._validate_anndata(adata)
+        if manager is not None and cls._get_most_recent_anndata_manager(adata) is None:
+            cls.setup_anndata(adata, **manager.registry["setup_args"])
 
     # ------------------------------------------------------------------ registry helpers
     def _library_sizes(self, adata: AnnData | None = None) -> np.ndarray:
@@ -211,7 +230,7 @@ class LatentPriorModel(
             max_epochs = int(
                 min(MAX_DEFAULT_EPOCHS, math.ceil(DEFAULT_TRAIN_STEPS / steps_per_epoch))
             )
-        plan = GenviTrainingPlan(self.module, **(plan_kwargs or {}))
+        plan = LatentPriorTrainingPlan(self.module, **(plan_kwargs or {}))
         trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
         runner = TrainRunner(
             self,

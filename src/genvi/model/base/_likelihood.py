@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
+from tqdm.auto import tqdm
 
 from genvi._validation import row_sums
 
@@ -22,6 +23,7 @@ class LikelihoodMixin:
         indices: Sequence[int] | None = None,
         n_samples: int = 100,
         batch_size: int | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """Per-cell importance-weighted estimate of log p(x | c).
 
@@ -39,6 +41,8 @@ class LikelihoodMixin:
             Importance samples per cell.
         batch_size
             Cells per forward pass.
+        progress
+            Show a progress bar over minibatches.
 
         Returns
         -------
@@ -47,6 +51,8 @@ class LikelihoodMixin:
         adata = self._validate_anndata(adata)
         self.module.eval()
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        if progress:  # only then: wrapping the loader in tqdm moves the random stream
+            loader = tqdm(loader, desc="log-likelihood")
         out = [
             self.module.marginal_ll(tensors, n_mc_samples=n_samples).cpu().numpy()
             for tensors in loader

@@ -15,7 +15,7 @@ from scvi.data.fields import (
     NumericalObsField,
 )
 
-from genvi._validation import check_finite, check_obs_keys, get_matrix
+from genvi._validation import check_anndata, check_finite, check_obs_keys, get_matrix
 
 
 def as_key_list(keys: Sequence[str] | str | None, name: str) -> list[str]:
@@ -69,6 +69,7 @@ def setup_condition_fields(
     **kwargs
         Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
     """
+    check_anndata(adata)
     check_obs_keys(
         adata, categorical_keys, continuous_keys, batch_key, size_factor_key, missing_labels
     )

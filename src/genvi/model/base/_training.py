@@ -44,6 +44,26 @@ class GenviTrainingPlan(TrainingPlan):
         return loss
 
 
+class LatentPriorTrainingPlan(GenviTrainingPlan):
+    """The plan of the latent priors: their objective is logged under its own name.
+
+    scvi-tools' plan logs ELBO terms (``elbo_train``, ``reconstruction_loss_train``...), which
+    would mislabel a flow-matching or denoising loss; ``history`` has
+    ``<module.objective>_train`` / ``_validation`` instead (besides ``train_loss`` and
+    ``validation_loss``).
+    """
+
+    def compute_and_log_metrics(self, loss_output, metrics, mode: str) -> None:
+        self.log(
+            f"{self.module.objective}_{mode}",
+            loss_output.loss,
+            on_step=self.on_step,
+            on_epoch=self.on_epoch,
+            batch_size=loss_output.n_obs_minibatch,
+            sync_dist=self.use_sync_dist,
+        )
+
+
 def check_finite_loss(plan, loss: torch.Tensor) -> None:
     """Raise :class:`NonFiniteLossError` (on every process) if ``loss`` is NaN or infinite."""
     bad = not bool(torch.isfinite(loss.detach()).all())
