@@ -146,6 +146,8 @@ def run_demo(
             **table.attrs["privacy_overall"],
             "definition": "DCR in the reference PCA space; memorised if close_fraction > "
             "close_limit (see genvi.metrics.privacy)",
+            # members: training cells, non-members: held-out cells (auroc 0.5 = chance)
+            "membership_inference": table.attrs.get("membership"),
         },
         "calibration": {
             "n_samples": CALIBRATION_SAMPLES,
@@ -197,5 +199,11 @@ def _print_table(table: pd.DataFrame, summary: pd.Series, coverage: pd.Series) -
             f"(expected {summary.get('close_expected', np.nan):.2f}), memorised: "
             f"{bool(summary.get('memorised', 0.0))}"
         )
+        mia = table.attrs.get("membership") or {}
+        if "auroc" in mia:
+            print(
+                f"membership inference: best attack ({mia['attack']}) AUROC {mia['auroc']:.3f} "
+                f"(0.5: training cells not told apart from held-out ones), risk {mia['risk']}"
+            )
         pairs = ", ".join(f"{level:.0%} -> {cov:.0%}" for level, cov in coverage.items())
         print(f"interval coverage (nominal -> observed, mean over conditions): {pairs or 'n/a'}")
