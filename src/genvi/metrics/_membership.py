@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy import linalg
-from scipy.special import logsumexp
 from scipy.stats import mannwhitneyu
 from sklearn.neighbors import NearestNeighbors
 
@@ -103,7 +102,10 @@ class GaussianKDE:
         for start in range(0, w.shape[0], chunk):
             q = w[start : start + chunk]
             sq = np.einsum("ij,ij->i", q, q)[:, None] + self._sq[None, :] - 2.0 * q @ self._white.T
-            out[start : start + chunk] = logsumexp(-0.5 * np.maximum(sq, 0.0), axis=1)
+            log_k = -0.5 * np.maximum(sq, 0.0)
+            top = log_k.max(axis=1, keepdims=True)  # log-sum-exp, without underflow
+            np.exp(log_k - top, out=log_k)
+            out[start : start + chunk] = np.log(log_k.sum(axis=1)) + top[:, 0]
         return out + self._log_norm
 
 
