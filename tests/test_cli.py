@@ -49,6 +49,9 @@ def test_demo_writes_outputs(demo_run, capsys):
     assert "765 genes" in metrics["reference_space"]
     levels = metrics["calibration"]["verdicts"]
     assert set(levels) == {"0.5", "0.8", "0.9", "0.95"}
+    # membership inference next to the DCR, in the file and the printed report
+    mia = metrics["privacy"]["membership_inference"]
+    assert 0.0 <= mia["auroc"] <= 1.0 and mia["risk"] in ("none detected", "low", "high")
 
 
 def test_demo_on_many_genes_trains_on_highly_variable_genes(tmp_path, capsys):
@@ -64,6 +67,7 @@ def test_demo_on_many_genes_trains_on_highly_variable_genes(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "x 50 genes (50 highly variable of 120 genes" in captured.err
     assert "first epoch took" in captured.err
+    assert "membership inference: best attack" in captured.err
     # stdout holds only the JSON list of files; the report went to stderr
     files = json.loads(captured.out)["files"]
     assert str(out / "metrics.json") in files

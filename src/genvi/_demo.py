@@ -327,6 +327,8 @@ def run_demo(
             **{k: _jsonable(v) for k, v in privacy.items()},
             "definition": "DCR in the reference PCA space; memorised if close_fraction > "
             "close_limit (see genvi.metrics.privacy)",
+            # members: training cells, non-members: held-out cells (auroc 0.5 = chance)
+            "membership_inference": table.attrs.get("membership"),
         },
         "calibration": {
             "n_samples": CALIBRATION_SAMPLES,
@@ -399,12 +401,16 @@ def _print_report(table: pd.DataFrame, summary: pd.Series, metrics: dict) -> Non
         "cells are no closer to training cells than held-out real cells are), memorised: "
         f"{bool(privacy.get('memorised'))}"
     )
+    mia = privacy.get("membership_inference") or {}
+    if "auroc" in mia:
+        _log(
+            f"membership inference: best attack ({mia['attack']}) AUROC {mia['auroc']:.3f} "
+            f"(0.5: training cells not told apart from held-out ones), risk {mia['risk']}"
+        )
     for level, v in metrics["calibration"]["verdicts"].items():
         _log(
             f"interval coverage at nominal {float(level):.0%}: observed {v['observed']:.0%} "
             f"({v['verdict']})"
         )
-
-
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"

@@ -6,8 +6,10 @@ training mean) with the energy distance, RBF-MMD² (median-heuristic bandwidths,
 classifier two-sample AUROC, per-gene mean / variance agreement in log space, gene-gene
 correlation, zero-fraction and library-size distances. Each metric comes with a noise floor:
 the same metric between two disjoint halves of the real cells. :func:`evaluate` runs it all,
-with privacy (:func:`privacy`) when the training cells are given; :func:`calibration` checks
-predictive intervals and :func:`counterfactual_scores` perturbation predictions.
+with privacy (:func:`privacy`, distance to the closest training record, and
+:func:`membership_inference`, attacks at cell and donor level) when the training cells are
+given; :func:`calibration` checks predictive intervals and :func:`counterfactual_scores`
+perturbation predictions.
 """
 
 from ._calibration import calibration, interval_coverage
@@ -17,6 +19,7 @@ from ._distances import c2st_auroc, energy_distance, median_heuristic_bandwidths
 from ._evaluate import evaluate
 from ._expression import mean_var_agreement
 from ._floor import noise_floor, split_halves
+from ._membership import membership_inference
 from ._privacy import close_limit, distance_to_closest_record, privacy
 from ._space import ReferenceSpace
 from ._structure import correlation_distance, library_size_distance, zero_fraction_distance
@@ -36,6 +39,7 @@ __all__ = [
     "interval_coverage",
     "library_size_distance",
     "mean_var_agreement",
+    "membership_inference",
     "median_heuristic_bandwidths",
     "mmd_rbf",
     "noise_floor",

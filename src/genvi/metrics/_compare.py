@@ -312,7 +312,9 @@ def summarize(df: pd.DataFrame) -> pd.Series:
         (NaNs, e.g. a missing baseline for one condition, are ignored). For a table of
         :func:`~genvi.metrics.evaluate` with privacy, the privacy entries (``dcr_ratio``,
         ``close_fraction``, ``memorised`` as 0 / 1, ...) are the *pooled* values of
-        ``df.attrs["privacy_overall"]``, not means over conditions.
+        ``df.attrs["privacy_overall"]``, not means over conditions, and so are
+        ``membership_auroc``, ``membership_tpr_at_fpr`` and ``membership_donor_auroc`` (from
+        ``df.attrs["membership"]``; NaN where not computed).
     """
     scored = df[df["skipped"].isna()] if "skipped" in df.columns else df
     present = [c for c in METRIC_COLUMNS if c in df.columns]
@@ -322,4 +324,9 @@ def summarize(df: pd.DataFrame) -> pd.Series:
     for key, value in overall.items():
         if key != "skipped":
             summary[key] = float("nan") if value is None else float(value)
+    mia = df.attrs.get("membership")
+    if mia is not None:
+        for key in ("auroc", "tpr_at_fpr", "donor_auroc"):
+            value = mia.get(key)
+            summary[f"membership_{key}"] = float("nan") if value is None else float(value)
     return pd.Series(summary, name="mean")

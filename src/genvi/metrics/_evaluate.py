@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ._compare import compare_conditions
+from ._membership import TooFewCellsError, membership_inference
 from ._privacy import OVERALL, PRIVACY_COLUMNS, privacy
 from ._space import ReferenceSpace
 
@@ -27,6 +28,8 @@ def evaluate(
     n_top_genes: int = 2000,
     n_comps: int = 50,
     privacy_quantile: float = 0.05,
+    donor_key: str | None = None,
+    membership: bool = True,
     layer: str | None = None,
     synthetic_layer: str | None = None,
     **compare_kwargs: Any,
@@ -40,7 +43,8 @@ def evaluate(
     correlation distance on the 200 most expressed genes, zero-fraction distance, library-size
     distance; each with its real-vs-real noise floor, and normalised scores when ``baseline``
     is given), and, when ``train`` is given, :func:`~genvi.metrics.privacy` per condition and
-    overall.
+    overall and :func:`~genvi.metrics.membership_inference` on all cells (members: ``train``,
+    non-members: ``real``).
 
     Which cells the space is fitted on matters. With ``train`` (the protocol), the space is
     fixed before any held-out or generated cell is seen, every generator is judged in the same
@@ -78,6 +82,13 @@ def evaluate(
     privacy_quantile
         Held-out DCR quantile defining a "close" synthetic cell (see
         :func:`~genvi.metrics.privacy`).
+    donor_key
+        ``obs`` column of ``train`` and ``real`` naming donors: adds the donor-level
+        membership-inference AUROC (meaningful when the split is by donors).
+    membership
+        Run :func:`~genvi.metrics.membership_inference` when ``train`` is given. It fits its
+        own space on the training and held-out cells together (not ``space``: a space fitted on
+        the training cells alone biases the distance attack, see there).
     layer
         Layer of ``real`` and ``train`` holding counts; ``None`` uses ``X``.
     synthetic_layer
@@ -95,7 +106,9 @@ def evaluate(
         ``close_expected``, ``close_limit``, ``memorised`` (NaN / NA where skipped).
         ``df.attrs`` holds the settings, ``space_fitted_on`` (``"train"``, ``"real"`` or
         ``"given"``) and, with ``train``, ``privacy_overall``: the same privacy values pooled
-        over all cells. :func:`~genvi.metrics.summarize` condenses the table to one row.
+        over all cells, and ``membership``: the dict of
+        :func:`~genvi.metrics.membership_inference` (or ``{"skipped": reason}`` when there are
+        too few cells). :func:`~genvi.metrics.summarize` condenses the table to one row.
     """
     if space is None:
         fitted_on = "real" if train is None else "train"
@@ -141,6 +154,19 @@ def evaluate(
         }
         attrs["privacy_overall"]["skipped"] = overall["skipped"]
         attrs["privacy"] = dict(priv.attrs)
+        if membership:
+            try:
+                attrs["membership"] = membership_inference(
+                    synthetic,
+                    train,
+                    real,
+                    donor_key=donor_key,
+                    layer=layer,
+                    synthetic_layer=synthetic_layer,
+                    seed=seed,
+                )
+            except TooFewCellsError as err:
+                attrs["membership"] = {"skipped": str(err)}
     df.attrs = attrs
     return df
 
