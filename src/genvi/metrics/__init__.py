@@ -7,12 +7,13 @@ classifier two-sample AUROC, per-gene mean / variance agreement in log space, ge
 correlation, zero-fraction and library-size distances. Each metric comes with a noise floor:
 the same metric between two disjoint halves of the real cells. :func:`evaluate` runs it all,
 with privacy (:func:`privacy`) when the training cells are given; :func:`calibration` checks
-predictive intervals and :func:`counterfactual_scores` perturbation predictions.
+predictive intervals and :func:`counterfactual_scores` (with :func:`pearson_delta`)
+perturbation predictions.
 """
 
 from ._calibration import calibration, interval_coverage
 from ._compare import compare_conditions, summarize
-from ._counterfactual import counterfactual_lfc, counterfactual_scores, rank_degs
+from ._counterfactual import counterfactual_lfc, counterfactual_scores, pearson_delta, rank_degs
 from ._distances import c2st_auroc, energy_distance, median_heuristic_bandwidths, mmd_rbf
 from ._evaluate import evaluate
 from ._expression import mean_var_agreement
@@ -39,6 +40,7 @@ __all__ = [
     "median_heuristic_bandwidths",
     "mmd_rbf",
     "noise_floor",
+    "pearson_delta",
     "privacy",
     "rank_degs",
     "split_halves",
