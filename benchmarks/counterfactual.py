@@ -429,6 +429,10 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables and write the JSON."""
     args = parse_args(argv)
+    if args.merge and args.peers is not None:
+        from counterfactual_peers import DEFAULT_OUT, merge_parts
+
+        return merge_parts(args.merge, args.out if args.out_given else DEFAULT_OUT)
     if args.merge:
         return merge(args.merge, args.out)
     if args.peers is not None and args.tables:

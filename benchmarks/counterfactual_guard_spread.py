@@ -39,9 +39,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variant-seeds", default="0,1")
     parser.add_argument("--only-variants", action="store_true")
     parser.add_argument(
+        "--merge", nargs="+", type=Path, default=None, help="only add these files' runs to --out"
+    )
+    parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "counterfactual_guard_spread.json"
     )
     args = parser.parse_args(argv)
+    if args.merge:
+        payload = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+        seen = {(r["variant"], r["seed"], r["threads"]) for r in payload["runs"]}
+        for path in args.merge:
+            part = json.loads(path.read_text())
+            payload.setdefault("machine", part.get("machine"))
+            for r in part["runs"]:
+                if (r["variant"], r["seed"], r["threads"]) not in seen:
+                    payload["runs"].append(r)
+        write_json(payload, args.out)
+        return payload
     quiet()
     import torch
     from threadpoolctl import threadpool_limits

@@ -258,6 +258,26 @@ def run_all(args, adata: ad.AnnData, cell_types: list[str]) -> dict[str, Any]:
     return payload
 
 
+def merge_parts(paths: list[Path], out: Path) -> dict[str, Any]:
+    """Join peers JSON files of runs over disjoint (seed, type, method) into ``out``."""
+    payload: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    results = payload.setdefault("results", {})
+    for path in paths:
+        part = json.loads(Path(path).read_text())
+        for key, val in part.items():
+            if key != "results":
+                payload.setdefault(key, val)
+        for seed, per_ct in part["results"].items():
+            for ct, per_method in per_ct.items():
+                results.setdefault(seed, {}).setdefault(ct, {}).update(per_method)
+    payload.setdefault("merged_from", [])
+    payload["merged_from"] += [str(Path(p).name) for p in paths]
+    write_json(payload, out)
+    print_peer_tables(payload)
+    print(f"\nwrote {out}")
+    return payload
+
+
 def _progress(seed, ct, method, res) -> str:
     if not res["ok"]:
         return f"seed {seed} | {ct} | {method}: FAILED\n{res.get('error', '')}"

@@ -35,10 +35,11 @@ def _log_normalized(
         raise ValueError(f"{int((idx < 0).sum())} genes missing from `{name}`, e.g. {missing}.")
     if adata.n_obs < 2:
         raise ValueError(f"`{name}` needs at least 2 cells, got {adata.n_obs}.")
-    counts = _get_counts(adata, layer)
-    if already:
-        x = counts[:, idx]
+    if already:  # log-space predictions may hold negative values: no count checks
+        x = adata.X if layer is None else adata.layers[layer]
+        x = x[:, idx]
         return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+    counts = _get_counts(adata, layer)
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     return _normalize_log1p(counts[:, idx], totals, target_sum)
 
@@ -148,7 +149,8 @@ def counterfactual_lfc(
     predicted_log_normalized
         ``predicted`` already holds log-normalised expression (``log1p`` of counts per
         ``target_sum``, e.g. the predicted means of a method trained on log-normalised data);
-        it is then used as is, not normalised again.
+        it is then used as is, not normalised again (negative values, which a Gaussian
+        model in log space can predict, are kept).
 
     Returns
     -------
