@@ -106,3 +106,17 @@ def test_pearson_delta_checks_top_k(perturbation):
     control, observed = perturbation
     with pytest.raises(ValueError, match="top_k"):
         pearson_delta(control, observed, observed, top_k=1)
+
+
+def test_log_space_predictions_may_be_negative(perturbation):
+    """A Gaussian model in log space can predict below zero; such values are scored as given."""
+    control, observed = perturbation
+    pred_log = _log_norm(observed) - 0.05
+    pred = ad.AnnData(X=pred_log)
+    pred.var_names = control.var_names
+    assert (pred_log < 0).any()
+    scores = counterfactual_scores(control, pred, observed, predicted_log_normalized=True)
+    assert scores.loc["top100", "lfc_pearson"] == pytest.approx(1.0, abs=1e-9)
+    assert scores.loc["top20", "mean_r2"] < 1
+    with pytest.raises(ValueError, match="negative"):
+        counterfactual_scores(control, pred, observed)  # as counts: refused

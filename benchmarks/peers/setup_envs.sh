@@ -52,7 +52,13 @@ if want cpa; then
 fi
 # scGen 2.1.0 (2022) imports scvi._compat and LossRecorder, both gone from scvi-tools >= 0.20
 if want scgen; then
-  make_env scgen "$PY310" "scgen==2.1.0 scvi-tools==0.16.4"
+  # scvi-tools 0.16.4's own requirements are open-ended (numpy, anndata, jax, torch...): with
+  # today's releases it fails to import (anndata 0.11 has no SparseDataset), so pin its era.
+  make_env scgen "$PY310" "scgen==2.1.0 scvi-tools==0.16.4 torch==1.12.1 pytorch-lightning==1.5.10 \
+torchmetrics==0.9.3 numpy==1.22.4 scipy==1.8.1 pandas==1.4.3 anndata==0.8.0 scanpy==1.9.1 \
+h5py==3.7.0 matplotlib==3.5.3 jax==0.3.14 jaxlib==0.3.14 flax==0.5.2 optax==0.1.3 chex==0.1.3 \
+numpyro==0.10.0 pyro-ppl==1.8.1 protobuf==3.20.1 numba==0.56.4 llvmlite==0.39.1 \
+umap-learn==0.5.3 pynndescent==0.5.7 seaborn==0.11.2 adjustText==0.7.3"
 fi
 # trVAE from scArches 0.6.1 (Python 3.11, scvi-tools 1.4)
 if want scarches; then
