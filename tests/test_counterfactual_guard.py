@@ -1,6 +1,41 @@
 """Regression guard on real data: DisentVI's Kang B-cell counterfactual (issue #14, item 4).
 
-FLOORS_DOC
+Trains DisentVI (genvi defaults, 150 epochs, batch 128, seed 0, one torch thread) on Kang
+(``kang_ifnb_muscat_subset.h5ad``) without the B cells' stimulated cells, predicts them from
+the B cells' control cells (sampled counts, ``predict_counterfactual(seed=0)``) and checks the
+top-20 DEG mean R² and variance R² against floors. Skipped, with the reason, when the file is
+not in ``../shared/data`` (or ``GENVI_DATA_DIR``). About 62 s of training on an idle core of
+the 2-core development machine; marked ``slow``.
+
+Why these statistics and floors. Training is deterministic on one machine, but the result
+depends on the CPU's floating-point kernels and thread count, which move it about as much as a
+different seed does. Measured values of the current model (B cells held out, top-20 DEGs):
+
+==========================================  =======  ========  ===========================
+run                                         mean R²  var R²    source
+==========================================  =======  ========  ===========================
+this machine, seed 0, 1 thread, sampled     0.667    0.501     counterfactual_guard_spread
+this machine, seed 0, 1 thread, means       0.900    -2.92     (``return_mean=True``)
+this machine (lead), seed 1, sampled        0.49     n/a       issue #14
+other machine (a0abc21), seed 0, sampled    0.76     0.55      counterfactual_kang.json
+other machine (a0abc21), seed 1, sampled    0.49     0.56      counterfactual_kang_seed1.json
+==========================================  =======  ========  ===========================
+
+The spread runs planned for seeds 1 and 2 and for two torch threads
+(``benchmarks/counterfactual_guard_spread.py``) did not finish on the shared machine; the
+floors therefore sit well under the lowest value seen for any seed or machine: sampled top-20
+mean R² > 0.30 (lowest seen 0.49) and sampled top-20 variance R² > 0.25 (lowest seen 0.50).
+Sampled counts, not means, because the variance R² is only meaningful for samples (the means
+have no sampling noise: −2.9) and DisentVI's point is the spread of its sampled cells.
+
+What they catch (from the recorded ablations, not rerun here): one dispersion per gene
+(``dispersion="gene"``) made the sampled top-20 variance R² of held-out types negative
+(docs/user_guide/disentvi.md); no adversary (``adversary_weight=0``) gave a median top-20
+mean R² of 0.25 and variance R² of 0.11 over the five held-out types
+(``results/counterfactual_kang_ablation.json``); a model that ignores the condition scores like
+the identity prediction (top-20 mean R² −3.3). A change that only moves the result within
+seed-to-seed noise (about ±0.15 on the mean R²) passes: this guards against breakage, not
+against small drifts, which ``benchmarks/counterfactual.py`` measures.
 """
 
 from __future__ import annotations
@@ -16,7 +51,10 @@ import genvi
 FILENAME = "kang_ifnb_muscat_subset.h5ad"
 HELD_OUT = "B cells"
 EPOCHS = 150
-FLOORS: dict[str, float] = {}  # FLOORS
+FLOORS: dict[str, float] = {
+    "sampled_top20_mean_r2": 0.30,
+    "sampled_top20_var_r2": 0.25,
+}
 
 
 def kang_path() -> Path | None:
