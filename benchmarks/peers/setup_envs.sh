@@ -54,7 +54,7 @@ fi
 if want scgen; then
   # scvi-tools 0.16.4's own requirements are open-ended (numpy, anndata, jax, torch...): with
   # today's releases it fails to import (anndata 0.11 has no SparseDataset), so pin its era.
-  make_env scgen "$PY310" "scgen==2.1.0 scvi-tools==0.16.4 torch==1.12.1 pytorch-lightning==1.5.10 \
+  make_env scgen "$PY310" "scgen==2.1.0 scvi-tools==0.16.4 torch==1.12.1 pytorch-lightning==1.5.10.post0 \
 torchmetrics==0.9.3 numpy==1.22.4 scipy==1.8.1 pandas==1.4.3 anndata==0.8.0 scanpy==1.9.1 \
 h5py==3.7.0 matplotlib==3.5.3 jax==0.3.14 jaxlib==0.3.14 flax==0.5.2 optax==0.1.3 chex==0.1.3 \
 numpyro==0.10.0 pyro-ppl==1.8.1 protobuf==3.20.1 numba==0.56.4 llvmlite==0.39.1 \
