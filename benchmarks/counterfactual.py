@@ -24,6 +24,9 @@ accuracy on the masked cells of ``DisentVI.predict_attributes`` vs ``scvi.model.
 
 Run from the repository root (``--threads 1`` on the shared 2-core machine)::
 
+    bash benchmarks/peers/setup_envs.sh              # once: the peers' own environments
+    python benchmarks/counterfactual.py --peers --threads 1   # slow: peers side by side, 2 seeds
+
     python benchmarks/counterfactual.py --quick     # smoke run, 20 epochs, 2 held-out types
     python benchmarks/counterfactual.py --threads 1  # full run, writes benchmarks/results/
 
@@ -118,6 +121,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-imputation", action="store_true", help="skip the SCANVI part")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     parser.add_argument(
+        "--peers",
+        nargs="?",
+        const="all",
+        default=None,
+        help="slow, optional: run DisentVI, biolord, CPA, scGen, trVAE and the baselines side by "
+        "side (comma list of disentvi,biolord,cpa,scgen,trvae,additive,identity; default all), "
+        "each peer in its own environment (benchmarks/peers/setup_envs.sh); writes "
+        "results/counterfactual_kang_peers.json, resuming what it already holds",
+    )
+    parser.add_argument("--seeds", default="0,1", help="--peers: comma list of seeds (default 0,1)")
+    parser.add_argument(
+        "--peer-max-epochs",
+        type=json.loads,
+        default={},
+        help="--peers: JSON caps on a peer's documented epochs, e.g. '{\"biolord\": 100}' "
+        "(recorded in the JSON)",
+    )
+    parser.add_argument("--redo", action="store_true", help="--peers: rerun what the JSON holds")
+    parser.add_argument(
+        "--tables",
+        action="store_true",
+        help="--peers: only print the tables of the peers JSON (and the cell-eval JSON)",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         type=Path,
@@ -128,6 +155,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.max_epochs = min(args.max_epochs, QUICK_EPOCHS)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.out_given = args.out is not None
+    args.seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+    if args.peers is not None:
+        from counterfactual_peers import ALL_METHODS
+
+        chosen = list(ALL_METHODS) if args.peers == "all" else args.peers.split(",")
+        args.peer_methods = [m.strip() for m in chosen if m.strip()]
+        bad = sorted(set(args.peer_methods) - set(ALL_METHODS))
+        if bad:
+            parser.error(f"unknown --peers method(s) {bad}; choose from {sorted(ALL_METHODS)}")
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
@@ -392,8 +429,18 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables and write the JSON."""
     args = parse_args(argv)
+    if args.merge and args.peers is not None:
+        from counterfactual_peers import DEFAULT_OUT, merge_parts
+
+        return merge_parts(args.merge, args.out if args.out_given else DEFAULT_OUT)
     if args.merge:
         return merge(args.merge, args.out)
+    if args.peers is not None and args.tables:
+        from counterfactual_peers import DEFAULT_OUT, print_peer_tables
+
+        payload = json.loads((args.out if args.out_given else DEFAULT_OUT).read_text())
+        print_peer_tables(payload)
+        return payload
     quiet()
 
     from genvi.metrics import counterfactual_scores
@@ -409,6 +456,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.cell_types:
         cell_types = [c.strip() for c in args.cell_types.split(",")]
     DISENTVI_KWARGS.update(args.disentvi_kwargs)
+    if args.peers is not None:
+        from counterfactual_peers import run_all
+
+        return run_all(args, adata, cell_types)
 
     results: dict[str, Any] = {}
     for ct in cell_types:

@@ -9,12 +9,13 @@ the same metric between two disjoint halves of the real cells. :func:`evaluate` 
 with privacy (:func:`privacy`, distance to the closest training record, and
 :func:`membership_inference`, attacks at cell and donor level) when the training cells are
 given; :func:`calibration` checks predictive intervals and :func:`counterfactual_scores`
+(with :func:`pearson_delta`)
 perturbation predictions.
 """
 
 from ._calibration import calibration, interval_coverage
 from ._compare import compare_conditions, summarize
-from ._counterfactual import counterfactual_lfc, counterfactual_scores, rank_degs
+from ._counterfactual import counterfactual_lfc, counterfactual_scores, pearson_delta, rank_degs
 from ._distances import c2st_auroc, energy_distance, median_heuristic_bandwidths, mmd_rbf
 from ._evaluate import evaluate
 from ._expression import mean_var_agreement
@@ -43,6 +44,7 @@ __all__ = [
     "median_heuristic_bandwidths",
     "mmd_rbf",
     "noise_floor",
+    "pearson_delta",
     "privacy",
     "rank_degs",
     "split_halves",

@@ -17,9 +17,17 @@ DEFAULT_TOP_K: tuple[int, ...] = (20, 50, 100)
 
 
 def _log_normalized(
-    adata: ad.AnnData, genes: pd.Index, layer: str | None, target_sum: float, name: str
+    adata: ad.AnnData,
+    genes: pd.Index,
+    layer: str | None,
+    target_sum: float,
+    name: str,
+    already: bool = False,
 ) -> np.ndarray:
-    """``log1p`` of counts scaled to ``target_sum`` per cell (all-gene totals), by gene name."""
+    """``log1p`` of counts scaled to ``target_sum`` per cell (all-gene totals), by gene name.
+
+    With ``already=True`` the matrix is taken as log-normalised expression and only subset.
+    """
     _check_unique_genes(adata)
     idx = adata.var_names.get_indexer(genes)
     if (idx < 0).any():
@@ -27,6 +35,10 @@ def _log_normalized(
         raise ValueError(f"{int((idx < 0).sum())} genes missing from `{name}`, e.g. {missing}.")
     if adata.n_obs < 2:
         raise ValueError(f"`{name}` needs at least 2 cells, got {adata.n_obs}.")
+    if already:  # log-space predictions may hold negative values: no count checks
+        x = adata.X if layer is None else adata.layers[layer]
+        x = x[:, idx]
+        return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
     counts = _get_counts(adata, layer)
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     return _normalize_log1p(counts[:, idx], totals, target_sum)
@@ -109,6 +121,7 @@ def counterfactual_lfc(
     layer: str | None = None,
     predicted_layer: str | None = None,
     target_sum: float = 1e4,
+    predicted_log_normalized: bool = False,
 ) -> pd.DataFrame:
     """Per-gene predicted and observed response to a perturbation.
 
@@ -133,6 +146,11 @@ def counterfactual_lfc(
         Layer of ``predicted`` holding counts; ``None`` uses ``X``.
     target_sum
         Library size each cell is scaled to.
+    predicted_log_normalized
+        ``predicted`` already holds log-normalised expression (``log1p`` of counts per
+        ``target_sum``, e.g. the predicted means of a method trained on log-normalised data);
+        it is then used as is, not normalised again (negative values, which a Gaussian
+        model in log space can predict, are kept).
 
     Returns
     -------
@@ -142,7 +160,9 @@ def counterfactual_lfc(
         log-normalised expression), ``lfc_observed``, ``lfc_predicted``, ``deg_score``,
         ``deg_rank`` (from :func:`rank_degs` of ``control`` vs ``observed``).
     """
-    return _prepare(control, predicted, observed, layer, predicted_layer, target_sum)[0]
+    return _prepare(
+        control, predicted, observed, layer, predicted_layer, target_sum, predicted_log_normalized
+    )[0]
 
 
 def _prepare(
@@ -152,12 +172,15 @@ def _prepare(
     layer: str | None,
     predicted_layer: str | None,
     target_sum: float,
+    predicted_log_normalized: bool = False,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Per-gene table, and observed and predicted log-normalised expression."""
     genes = pd.Index(observed.var_names.astype(str))
     ctrl = _log_normalized(control, genes, layer, target_sum, "control")
     obs = _log_normalized(observed, genes, layer, target_sum, "observed")
-    pred = _log_normalized(predicted, genes, predicted_layer, target_sum, "predicted")
+    pred = _log_normalized(
+        predicted, genes, predicted_layer, target_sum, "predicted", predicted_log_normalized
+    )
     degs = _rank_degs(ctrl, obs, genes)
     mean_ctrl = ctrl.mean(axis=0)
     df = pd.DataFrame(
@@ -205,6 +228,7 @@ def counterfactual_scores(
     layer: str | None = None,
     predicted_layer: str | None = None,
     target_sum: float = 1e4,
+    predicted_log_normalized: bool = False,
 ) -> pd.DataFrame:
     """How well a counterfactual prediction recovers an observed perturbation response.
 
@@ -216,7 +240,9 @@ def counterfactual_scores(
     (:func:`counterfactual_lfc`): the least-squares slope of predicted on observed LFC (1 = full
     response, 0 = none, as for the identity prediction ``predicted = control``), their Pearson
     r, and the sign agreement (fraction of genes with a nonzero observed LFC whose predicted LFC
-    has the same sign; a zero predicted LFC counts as a miss).
+    has the same sign; a zero predicted LFC counts as a miss). ``lfc_pearson`` of the
+    ``"top100"`` row is scPerturBench's *Pearson delta* on the top-100 DEGs
+    (:func:`pearson_delta`).
 
     Parameters
     ----------
@@ -234,6 +260,9 @@ def counterfactual_scores(
         Layer of ``predicted`` holding counts; ``None`` uses ``X``.
     target_sum
         Library size each cell is scaled to.
+    predicted_log_normalized
+        ``predicted`` already holds log-normalised expression; used as is (see
+        :func:`counterfactual_lfc`).
 
     Returns
     -------
@@ -246,7 +275,9 @@ def counterfactual_scores(
     ks = [int(k) for k in top_k]
     if any(k < 2 for k in ks):
         raise ValueError(f"`top_k` values must be at least 2, got {ks}.")
-    per_gene, obs, pred = _prepare(control, predicted, observed, layer, predicted_layer, target_sum)
+    per_gene, obs, pred = _prepare(
+        control, predicted, observed, layer, predicted_layer, target_sum, predicted_log_normalized
+    )
     order = np.argsort(per_gene["deg_rank"].to_numpy())
     sets = {f"top{k}": order[: min(k, len(order))] for k in ks}
     sets["all"] = order
@@ -263,3 +294,73 @@ def counterfactual_scores(
     df.index.name = "gene_set"
     df.attrs.update({"top_k": ks, "target_sum": target_sum})
     return df
+
+
+def pearson_delta(
+    control: ad.AnnData,
+    predicted: ad.AnnData,
+    observed: ad.AnnData,
+    top_k: int | None = 100,
+    *,
+    layer: str | None = None,
+    predicted_layer: str | None = None,
+    target_sum: float = 1e4,
+    predicted_log_normalized: bool = False,
+) -> float:
+    """Pearson delta: correlation of the predicted and the observed change from control.
+
+    The measure scPerturBench reports for counterfactuals (there on the top-100 DEGs). All
+    three sets are log-normalised (counts / total over all genes * ``target_sum``, ``log1p``);
+    per gene, the observed change is ``mean(observed) - mean(control)`` and the predicted change
+    ``mean(predicted) - mean(control)``, both against the same real control cells; the result is
+    the Pearson r of the two across the ``top_k`` genes most differential between ``control``
+    and ``observed`` (:func:`rank_degs`: Wilcoxon on the real cells, ranked by absolute z-score,
+    so up- and down-regulated genes both count). It equals ``lfc_pearson`` in the
+    ``f"top{top_k}"`` row of :func:`counterfactual_scores`.
+
+    Unlike the R² of means, it ignores a common offset and scale of the predicted change: a
+    prediction whose response has the right pattern but half the size scores 1. Read it next
+    to the LFC slope.
+
+    Parameters
+    ----------
+    control
+        Real control cells the prediction starts from (counts in ``X`` or ``layer``).
+    predicted
+        Predicted perturbed cells (counts in ``X`` or ``predicted_layer``; log-normalised
+        expression with ``predicted_log_normalized=True``).
+    observed
+        Real perturbed cells (counts in ``X`` or ``layer``), held out from training.
+    top_k
+        Number of top DEGs (capped at the number of genes); ``None`` uses all genes.
+    layer
+        Layer of ``control`` and ``observed`` holding counts; ``None`` uses ``X``.
+    predicted_layer
+        Layer of ``predicted``; ``None`` uses ``X``.
+    target_sum
+        Library size each cell is scaled to.
+    predicted_log_normalized
+        ``predicted`` already holds log-normalised expression; used as is.
+
+    Returns
+    -------
+    float
+        Pearson r in [-1, 1]; NaN when either change is constant across the genes.
+    """
+    if top_k is not None and int(top_k) < 2:
+        raise ValueError(f"`top_k` must be at least 2, got {top_k}.")
+    per_gene = counterfactual_lfc(
+        control,
+        predicted,
+        observed,
+        layer=layer,
+        predicted_layer=predicted_layer,
+        target_sum=target_sum,
+        predicted_log_normalized=predicted_log_normalized,
+    )
+    order = np.argsort(per_gene["deg_rank"].to_numpy())
+    if top_k is not None:
+        order = order[: min(int(top_k), len(order))]
+    return _pearson(
+        per_gene["lfc_observed"].to_numpy()[order], per_gene["lfc_predicted"].to_numpy()[order]
+    )
