@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +256,8 @@ def run_demo(
     PriorVI.setup_anndata(train, condition_keys=keys)
     model = PriorVI(train, prior=prior)
     start = time.perf_counter()
-    with warnings.catch_warnings():  # Lightning's advice about logging intervals is noise here
+    # Lightning's hardware lines, tips and advice about logging intervals are noise here
+    with warnings.catch_warnings(), _quiet_loggers("lightning.pytorch", "lightning.fabric"):
         warnings.filterwarnings("ignore", module=r"lightning\..*")
         model.train(
             max_epochs=max_epochs,
@@ -412,5 +415,21 @@ def _print_report(table: pd.DataFrame, summary: pd.Series, metrics: dict) -> Non
             f"interval coverage at nominal {float(level):.0%}: observed {v['observed']:.0%} "
             f"({v['verdict']})"
         )
+
+
+@contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise these loggers to WARNING for the block, then restore their levels."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
