@@ -438,7 +438,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.peers is not None and args.tables:
         from counterfactual_peers import DEFAULT_OUT, print_peer_tables
 
-        payload = json.loads((args.out if args.out_given else DEFAULT_OUT).read_text())
+        path = args.out if args.out_given else DEFAULT_OUT
+        if not path.is_file():
+            raise SystemExit(f"{path} does not exist yet: run `counterfactual.py --peers` first.")
+        payload = json.loads(path.read_text())
         print_peer_tables(payload)
         return payload
     quiet()
