@@ -246,3 +246,17 @@ def test_flow_on_priorvi_scores_unseen_type(sim, sim_split):
     assert roc_auc_score(unseen, scores) > 0.9
     per_count = flow.score_outliers(held_out, kind="per_count", n_samples=4)
     assert per_count.shape == scores.shape and np.isfinite(per_count).all()
+
+
+def test_base_posterior_scale_is_a_standard_deviation(scvi_base):
+    """The adapter gives q(z | x)'s standard deviation (scvi-tools' return_dist gives variances)."""
+    from genvi.model.base._base_models import make_adapter
+
+    adata = scvi_base.adata[:50].copy()
+    loc, scale = make_adapter(scvi_base).latent_distribution(adata)
+    tensors = next(iter(scvi_base._make_data_loader(adata=adata, batch_size=50)))
+    scvi_base.module.eval()
+    with torch.no_grad():
+        qz = scvi_base.module.inference(**scvi_base.module._get_inference_input(tensors))["qz"]
+    np.testing.assert_allclose(loc, qz.loc.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scale, qz.scale.numpy(), rtol=1e-4, atol=1e-5)

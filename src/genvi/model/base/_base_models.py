@@ -74,10 +74,11 @@ class BaseModelAdapter:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Posterior means and standard deviations of q(z | x) for every cell."""
         self.model.module.eval()
-        loc, scale = self.model.get_latent_representation(
+        # scvi-tools' return_dist=True gives the posterior *variance* (qz.scale ** 2)
+        loc, var = self.model.get_latent_representation(
             adata, give_mean=True, return_dist=True, batch_size=batch_size
         )
-        return np.asarray(loc, np.float32), np.asarray(scale, np.float32)
+        return np.asarray(loc, np.float32), np.sqrt(np.asarray(var, np.float32))
 
     # ------------------------------------------------------------------ decode
     def decoder_inputs(self, adata: AnnData) -> dict[str, np.ndarray]:
