@@ -59,7 +59,9 @@ class HybridVI(CountModelBase):
     cell-to-cell variation, gene-gene correlation (through the shared ``z``) and
     overdispersion (``theta``), never the mean. In sampled cells the per-gene mean of
     normalised expression matches the predictor up to sampling noise (tested on simulated
-    data: within 3% on average over genes above 5 per 1e4, with 4,000 cells).
+    data, ``tests/test_hybridvi.py``: 3,000 cells of a condition, seen or an unseen
+    combination, are within 4% of it on average over genes above 5 per 1e4, measured 1-2%,
+    and their log-scale Pearson r with it is above 0.999).
 
     A mean predictor is ``"auto"`` (:class:`~genvi.model.AdditiveMeanModel` fitted on the
     training cells: a Poisson log-linear model of condition main effects, continuous slopes
@@ -498,62 +500,54 @@ class HybridVI(CountModelBase):
         transport: bool = False,
         expected: bool = False,
     ) -> Iterator[Any]:
-        """p(x) of the counterfactual cells (or their expected counts), batch by batch."""
-        schema = self._schema
-        module = self.module
-        # the predictor's mean of every target condition, checked before any encoding
+        """The shared driver's batches, after checking the predictor on every target condition.
+
+        The predictor's mean of each cell's new conditions is computed (and checked) before
+        any cell is encoded, so a predictor that does not know a target fails early.
+        """
         cat = self._registered(self._cat_registry_key, adata)
         cont = self._registered(self._cont_registry_key, adata)
         if indices is not None:
             idx = np.asarray(indices)
             cat = None if cat is None else cat[idx]
             cont = None if cont is None else cont[idx]
-        cat, cont = schema.substitute(None if cat is None else cat.astype(np.int64), cont, new)
+        cat, cont = self._schema.substitute(
+            None if cat is None else cat.astype(np.int64), cont, new
+        )
         self._predictor.unique_log_proportions(cat, cont)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        dev = module.device
+        return super()._counterfactual_distributions(
+            adata, indices, new, batch_size, transport=transport, expected=expected
+        )
 
-        def batches() -> Iterator[Any]:
-            for tensors in loader:
-                inf = module.inference(**module._get_inference_input(tensors))
-                cat_t = tensors.get(self._cat_registry_key)
-                cont_t = tensors.get(self._cont_registry_key)
-                cat_t = cat_t.to(dev).long() if cat_t is not None else None
-                cont_t = cont_t.to(dev).float() if cont_t is not None else None
-                target = ConditionInputs(*schema.substitute(cat_t, cont_t, new))
-                c_own, c_new = inf["c"], module.embed(target)
-                log_rho = self._log_means(target)
-                batch_index = tensors[REGISTRY_KEYS.BATCH_KEY].to(dev)
-                qz, library = inf["qz"], inf["library"]
-                if not transport:
-                    if expected:  # E_q[exp(W z)] = exp(W loc + W^2 scale^2 / 2)
-                        px = module.decode(
-                            qz.loc,
-                            c_new,
-                            library,
-                            batch_index,
-                            log_rho,
-                            c_center=c_own,
-                            z_scale=qz.scale,
-                        )
-                        yield _ExpectedCounts(px.mean)
-                    else:
-                        yield module.decode(
-                            qz.sample(), c_new, library, batch_index, log_rho, c_center=c_own
-                        )
-                    continue
-                if not expected:
-                    z = module.prior.transport(qz.sample(), c_own, c_new)
-                    yield module.decode(z, c_new, library, batch_index, log_rho)
-                    continue
-                z = qz.sample((_N_MEAN_SAMPLES,))  # (S, n, d): the expectation by Monte Carlo
-                rep = lambda t: t.repeat(_N_MEAN_SAMPLES, 1)  # noqa: E731
-                z = module.prior.transport(z.reshape(-1, z.shape[-1]), rep(c_own), rep(c_new))
-                z = z.reshape(_N_MEAN_SAMPLES, -1, z.shape[-1])
-                px = module.decode(z, c_new, library, batch_index, log_rho)
-                yield _ExpectedCounts(px.mean.mean(0))
-
-        return batches()
+    def _counterfactual_decode(
+        self,
+        inference: dict,
+        target: ConditionInputs,
+        batch_index: torch.Tensor,
+        transport: bool = False,
+        expected: bool = False,
+    ) -> Any:
+        """p(x) (or expected counts) of a minibatch around the predictor's new mean."""
+        module = self.module
+        c_own, c_new = inference["c"], module.embed(target)
+        log_rho = self._log_means(target)
+        qz, library = inference["qz"], inference["library"]
+        if not transport:
+            if expected:  # E_q[exp(W z)] = exp(W loc + W^2 scale^2 / 2)
+                px = module.decode(
+                    qz.loc, c_new, library, batch_index, log_rho, c_center=c_own, z_scale=qz.scale
+                )
+                return _ExpectedCounts(px.mean)
+            return module.decode(qz.sample(), c_new, library, batch_index, log_rho, c_center=c_own)
+        if not expected:
+            z = module.prior.transport(qz.sample(), c_own, c_new)
+            return module.decode(z, c_new, library, batch_index, log_rho)
+        z = qz.sample((_N_MEAN_SAMPLES,))  # (S, n, d): the expectation by Monte Carlo
+        rep = lambda t: t.repeat(_N_MEAN_SAMPLES, 1)  # noqa: E731
+        z = module.prior.transport(z.reshape(-1, z.shape[-1]), rep(c_own), rep(c_new))
+        z = z.reshape(_N_MEAN_SAMPLES, -1, z.shape[-1])
+        px = module.decode(z, c_new, library, batch_index, log_rho)
+        return _ExpectedCounts(px.mean.mean(0))
 
     # ------------------------------------------------------------------ save / load
     @classmethod
