@@ -2,6 +2,7 @@
 
 from ._diffusion_samplers import SAMPLERS, DiffusionSampler
 from ._disentvae import DisentVAE
+from ._hybridvae import HybridVAE
 from ._latent_diffusion import LatentDiffusionModule
 from ._latent_flow import LatentFlowModule
 from ._latent_prior import LatentPriorModule
@@ -13,6 +14,7 @@ __all__ = [
     "SAMPLERS",
     "DiffusionSampler",
     "DisentVAE",
+    "HybridVAE",
     "LatentDiffusionModule",
     "LatentFlowModule",
     "LatentPriorModule",

@@ -53,8 +53,9 @@ class CountVAEMixin:
 
     For modules with ``gene_likelihood``, ``use_size_factor_key``, ``n_batch``,
     ``condition_encoder``, ``embed_conditions``, ``inference(..., n_samples)`` returning
-    ``qz``, ``z``, ``library``, ``c`` and ``generative(z, library, c, batch_index)`` returning
-    ``px`` and ``pz``.
+    ``qz``, ``z``, ``library``, ``c`` and ``generative(**inputs)`` returning ``px`` and ``pz``,
+    where ``inputs = _get_generative_input(tensors, inference_outputs)`` (``z``, ``library``,
+    ``c``, ``batch_index``; a module may add more).
     """
 
     # ------------------------------------------------------------------ scvi-tools plumbing
@@ -163,7 +164,7 @@ class CountVAEMixin:
             s = min(n_mc_samples_per_pass, n_mc_samples - done)
             inf = self.inference(**inf_in, n_samples=max(s, 2))
             z = inf["z"][:s]
-            gen = self.generative(z, inf["library"], inf["c"], tensors[REGISTRY_KEYS.BATCH_KEY])
+            gen = self.generative(**self._get_generative_input(tensors, {**inf, "z": z}))
             log_px = gen["px"].log_prob(x.to(z.device)).sum(-1)
             log_pz = gen["pz"].log_prob(z)
             log_qz = inf["qz"].log_prob(z).sum(-1)

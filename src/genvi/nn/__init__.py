@@ -5,6 +5,7 @@ from ._condition_encoder import ConditionEncoder, ConditionInputs
 from ._denoiser import ConditionalDenoiser, SinusoidalTimeEmbedding
 from ._flow_prior import ConditionalFlowPrior
 from ._kl import kl_to_prior
+from ._log_mgf import log_mgf_linear
 from ._prior_base import PRIORS, Prior, build_prior, prior_options, register_prior
 from ._priors import ConditionalGaussianPrior, MixtureOfGaussiansPrior, StandardNormalPrior
 from ._schedules import CosineSchedule
@@ -26,6 +27,7 @@ __all__ = [
     "VampPrior",
     "build_prior",
     "kl_to_prior",
+    "log_mgf_linear",
     "prior_options",
     "register_prior",
     "reverse_gradient",

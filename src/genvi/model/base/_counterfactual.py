@@ -119,7 +119,8 @@ class CounterfactualMixin:
     ) -> Iterator[Distribution]:
         """p(x) of the counterfactual cells, one minibatch at a time (lazily).
 
-        ``latent_kwargs`` go to :meth:`_counterfactual_latent`.
+        ``latent_kwargs`` go to :meth:`_counterfactual_decode` (by default to
+        :meth:`_counterfactual_latent`).
         """
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         schema = self._schema
@@ -133,11 +134,22 @@ class CounterfactualMixin:
                 cat = cat.to(dev).long() if cat is not None else None
                 cont = cont.to(dev).float() if cont is not None else None
                 target = ConditionInputs(*schema.substitute(cat, cont, new))
-                z, c_new = self._counterfactual_latent(inf, target, **latent_kwargs)
                 batch_index = tensors[REGISTRY_KEYS.BATCH_KEY].to(dev)
-                yield self.module.decode(z, c_new, inf["library"], batch_index)
+                yield self._counterfactual_decode(inf, target, batch_index, **latent_kwargs)
 
         return batches()
+
+    def _counterfactual_decode(
+        self, inference: dict, target: ConditionInputs, batch_index: torch.Tensor, **kwargs
+    ) -> Distribution:
+        """p(x) of one minibatch's counterfactual.
+
+        Its latent (:meth:`_counterfactual_latent`) decoded under the new conditions. A model
+        whose decoder needs more than ``(z, c, library, batch)`` (HybridVI: the mean
+        predictor's mean) overrides this.
+        """
+        z, c_new = self._counterfactual_latent(inference, target, **kwargs)
+        return self.module.decode(z, c_new, inference["library"], batch_index)
 
     def _counterfactual_latent(
         self, inference: dict, target: ConditionInputs, **kwargs
