@@ -412,5 +412,7 @@ def _print_report(table: pd.DataFrame, summary: pd.Series, metrics: dict) -> Non
             f"interval coverage at nominal {float(level):.0%}: observed {v['observed']:.0%} "
             f"({v['verdict']})"
         )
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
