@@ -8,7 +8,11 @@ all held-out cells:
 - ``score_outliers``: -log p(x) per count (depth-free; higher = more outlying);
 - ``-get_log_likelihood``: the raw negative log-likelihood (grows with sequencing depth),
   recovered from the same estimate as ``score_outliers`` (its value times the total counts);
-- library size alone (total counts), a depth-only reference for the raw likelihood.
+- library size alone (total counts), a depth-only reference for the raw likelihood;
+- ``latent_overlap`` (a candidate of issue #15, computed here, not a model method yet): the
+  -log overlap of the cell's posterior q(z | x) with the aggregated posterior of the training
+  cells, ``-log 1/N sum_i N(mu_x; mu_i, diag(sigma_i^2 + sigma_x^2))``; no fit, no
+  bandwidth, depth enters only through the posterior widths.
 
 Reported: AUROC of "held-out cells of the left-out type" (positives) vs "held-out cells of the
 other types" (negatives), per left-out type and the mean. Run from the repository root::
@@ -52,7 +56,23 @@ SCORES = {
     "score_outliers": "score_outliers (-log p per count)",
     "neg_log_likelihood": "-get_log_likelihood",
     "library_size": "library size only",
+    "latent_overlap": "latent overlap (candidate)",
 }
+
+
+def latent_overlap(model, query, train) -> np.ndarray:
+    """-log of the overlap of each query cell's q(z | x) with the training aggregated posterior."""
+    from scipy.special import logsumexp
+
+    mu_q, sd_q = model.get_latent_representation(query, give_mean=True, return_dist=True)
+    mu_r, sd_r = model.get_latent_representation(train, give_mean=True, return_dist=True)
+    out = np.empty(len(mu_q))
+    for start in range(0, len(mu_q), 128):
+        m = mu_q[start : start + 128, None, :].astype(np.float64)
+        v = sd_r[None] ** 2 + sd_q[start : start + 128, None, :] ** 2  # (b, N, d)
+        log_n = -0.5 * (((m - mu_r[None]) ** 2 / v).sum(-1) + np.log(2 * np.pi * v).sum(-1))
+        out[start : start + 128] = -(logsumexp(log_n, axis=1) - np.log(len(mu_r)))
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,7 +139,13 @@ def run_one(
     # score_outliers is -get_log_likelihood / max(total counts, 1): undo the division rather
     # than run the importance sampler a second time (same Monte Carlo samples for both scores).
     ll = -score * np.maximum(library, 1.0)
-    values = {"score_outliers": score, "neg_log_likelihood": -ll, "library_size": library}
+    overlap, overlap_s = timed(lambda: latent_overlap(model, query, sub))
+    values = {
+        "score_outliers": score,
+        "neg_log_likelihood": -ll,
+        "library_size": library,
+        "latent_overlap": overlap,
+    }
     return {
         "left_out": left_out,
         "prior": prior,
@@ -134,6 +160,7 @@ def run_one(
         "train_seconds": train_s,
         "seconds_per_epoch": train_s / args.max_epochs,
         "score_seconds": score_s,
+        "latent_overlap_seconds": overlap_s,
         "load_average_1min_after": os.getloadavg()[0],
     }
 

@@ -121,6 +121,7 @@ def test_model_reliability_table(tiny_model):
         "coverage_sd",
         "n_cells",
         "n_genes",
+        "interval",
         "skipped",
     ]
     assert table["skipped"].isna().all()
@@ -133,8 +134,13 @@ def test_model_reliability_table(tiny_model):
         (holdout.obs["cell_type"] == spec["cell_type"]).to_numpy()
         & (holdout.obs["treatment"] == spec["treatment"]).to_numpy()
     ]
-    values = transform_expression(cells.X.toarray().astype(np.float64), "normalized")
-    inside = (values >= pred["lower"].to_numpy()) & (values <= pred["upper"].to_numpy())
+    counts = cells.X.toarray().astype(np.float64)
+    values = transform_expression(counts, "normalized")
+    # randomised intervals (the default): a count covers the fraction of [x, x + 1) inside
+    assert (table["interval"] == "randomized").all() and pred.attrs["interval"] == "randomized"
+    step = 1e4 / counts.sum(1, keepdims=True)
+    lower, upper = pred["lower"].to_numpy(), pred["upper"].to_numpy()
+    inside = np.clip(np.minimum(values + step, upper) - np.maximum(values, lower), 0, None) / step
     assert row["coverage"] == pytest.approx(inside.mean(0).mean())
     assert row["coverage_sd"] == pytest.approx(inside.mean(0).std())
     # one seed for every level: the 90% intervals contain the 50% ones

@@ -98,7 +98,10 @@ def test_predictive_intervals_cover_held_out_cells(sim_split, model_gaussian):
             {"cell_type": "type_0", "treatment": "control"},
             {"cell_type": "type_3", "treatment": "treated"},
         ):
-            pred = model_gaussian.predict_with_confidence(cond, n_samples=2000, ci=ci)
+            # closed intervals, read as closed (test_intervals.py checks the randomised ones)
+            pred = model_gaussian.predict_with_confidence(
+                cond, n_samples=2000, ci=ci, interval="closed"
+            )
             mask = (
                 (test.obs["cell_type"] == cond["cell_type"])
                 & (test.obs["treatment"] == cond["treatment"])

@@ -8,13 +8,14 @@ correlation, zero-fraction and library-size distances. Each metric comes with a 
 the same metric between two disjoint halves of the real cells. :func:`evaluate` runs it all,
 with privacy (:func:`privacy`, distance to the closest training record, and
 :func:`membership_inference`, attacks at cell and donor level) when the training cells are
-given; :func:`calibration` checks predictive intervals and :func:`counterfactual_scores`
-(with :func:`pearson_delta`)
-perturbation predictions.
+given; :func:`calibration` checks predictive intervals, :func:`counterfactual_scores` (with
+:func:`pearson_delta`) perturbation predictions, and :func:`conformal_pvalues` /
+:func:`flag_outliers` turn outlier scores into p-values with false-discovery control.
 """
 
 from ._calibration import calibration, interval_coverage
 from ._compare import compare_conditions, summarize
+from ._conformal import benjamini_hochberg, conformal_pvalues, flag_outliers
 from ._counterfactual import counterfactual_lfc, counterfactual_scores, pearson_delta, rank_degs
 from ._distances import c2st_auroc, energy_distance, median_heuristic_bandwidths, mmd_rbf
 from ._evaluate import evaluate
@@ -27,16 +28,19 @@ from ._structure import correlation_distance, library_size_distance, zero_fracti
 
 __all__ = [
     "ReferenceSpace",
+    "benjamini_hochberg",
     "c2st_auroc",
     "calibration",
     "close_limit",
     "compare_conditions",
+    "conformal_pvalues",
     "correlation_distance",
     "counterfactual_lfc",
     "counterfactual_scores",
     "distance_to_closest_record",
     "energy_distance",
     "evaluate",
+    "flag_outliers",
     "interval_coverage",
     "library_size_distance",
     "mean_var_agreement",

@@ -15,16 +15,29 @@ from ._space import _check_unique_genes, _get_counts
 DEFAULT_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
 # the condition's label ("B cells|stimulated") and the per-level statistics of the table
 LABEL_COLUMN = "genvi_condition"
-STAT_COLUMNS = ("level", "coverage", "coverage_sd", "n_cells", "n_genes", "skipped")
+STAT_COLUMNS = ("level", "coverage", "coverage_sd", "n_cells", "n_genes", "interval", "skipped")
 
 
-def interval_coverage(values: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+def interval_coverage(
+    values: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    step: np.ndarray | float | None = None,
+) -> np.ndarray:
     """Fraction of observations inside their interval, ``lower <= value <= upper``.
 
     Works with any intervals: per gene (``lower`` of shape ``(n_genes,)`` against ``values`` of
     shape ``(n_cells, n_genes)``), per observation (same shape as ``values``) or scalar.
-    Closed intervals, so a value equal to an endpoint counts as covered, which matters for
-    discrete counts (see :func:`calibration`).
+    Closed intervals, so a value equal to an endpoint counts as covered, which inflates the
+    coverage of discrete counts (see :func:`calibration`).
+
+    With ``step`` (the width of one count on the scale of ``values``: 1 for counts,
+    ``target_sum / total`` per cell for normalised counts), a value ``v`` stands for the
+    continuous extension ``[v, v + step)`` of its count and counts for the fraction of that
+    segment inside the interval: the expected coverage of the jittered value ``v + U * step``
+    that randomised intervals (``predict_with_confidence``, ``attrs["interval"] ==
+    "randomized"``) are built for. Values must then be on a linear scale (counts or
+    normalised counts, not log1p).
 
     Parameters
     ----------
@@ -34,6 +47,9 @@ def interval_coverage(values: np.ndarray, lower: np.ndarray, upper: np.ndarray) 
         Lower interval bounds, broadcastable to ``values``.
     upper
         Upper interval bounds, broadcastable to ``values``.
+    step
+        Width of one count per observation, positive, broadcastable to ``values`` (e.g.
+        ``(n_cells, 1)``); ``None`` for closed-interval coverage.
 
     Returns
     -------
@@ -48,8 +64,16 @@ def interval_coverage(values: np.ndarray, lower: np.ndarray, upper: np.ndarray) 
         raise ValueError("`values` needs at least one observation along its first axis.")
     if np.any(lower > upper):
         raise ValueError("Every `lower` bound must be <= its `upper` bound.")
+    if step is not None:
+        step = np.asarray(step, dtype=np.float64)
+        if np.any(~(step > 0)):
+            raise ValueError("`step` must be positive.")
     try:
-        inside = (values >= lower) & (values <= upper)
+        if step is None:
+            inside = (values >= lower) & (values <= upper)
+        else:
+            overlap = np.minimum(values + step, upper) - np.maximum(values, lower)
+            inside = np.clip(overlap, 0.0, None) / step
     except ValueError as err:
         raise ValueError(
             f"Bounds of shapes {lower.shape} and {upper.shape} do not broadcast to values of "
@@ -93,11 +117,17 @@ def calibration(
     a gene is the fraction of its real values inside the interval; the table reports its mean
     over genes. A calibrated model has coverage ≈ level; below means over-confident.
 
-    Discreteness inflates coverage for lowly expressed genes: when most cells have 0 counts,
-    the interval is e.g. ``[0, 0]`` or ``[0, x]`` and every real zero lies on its (closed)
-    boundary, so coverage exceeds the level whatever the model. ``min_mean`` restricts the
-    average to genes whose predicted mean (in ``transform`` units) exceeds it, where
-    coverage is informative.
+    Coverage is measured the way the intervals are meant. genvi's count models return
+    *randomised* intervals by default (``attrs["interval"] == "randomized"``, see
+    :meth:`~genvi.model.PriorVI.predict_with_confidence`): intervals of the continuous
+    extension of counts, ``x + U``, so a real count counts for the fraction of ``[x, x + 1)``
+    (on the ``transform`` scale) inside the interval, its expected coverage over the jitter;
+    these can be calibrated for genes of every depth, zeros included. Other intervals are read
+    as closed: a value on an endpoint counts as inside. For closed intervals discreteness
+    inflates the coverage of lowly expressed genes (when most cells have 0 counts, the interval
+    is e.g. ``[0, 0]`` or ``[0, x]`` and every real zero lies on its boundary) whatever the
+    model; ``min_mean`` restricts the average to genes whose predicted mean (in ``transform``
+    units) exceeds it.
 
     Works with any model that has ``predict_with_confidence(conditions, n_samples=..., ci=...,
     transform=..., target_sum=..., seed=...)`` returning a per-gene DataFrame with ``mean``,
@@ -139,8 +169,9 @@ def calibration(
         column per condition key (named after the key; a key that clashes with a column of
         this table gets the suffix `` (condition)``, see ``attrs["key_columns"]``), ``level``
         (nominal), ``coverage`` (observed, mean over the kept genes), ``coverage_sd`` (its
-        spread across genes), ``n_cells``, ``n_genes`` (genes kept) and ``skipped`` (``None``
-        or the reason; coverage is then NaN).
+        spread across genes), ``n_cells``, ``n_genes`` (genes kept), ``interval``
+        (``"randomized"`` or ``"closed"``: how coverage was measured, from the prediction's
+        ``attrs["interval"]``) and ``skipped`` (``None`` or the reason; coverage is then NaN).
     """
     if not callable(getattr(model, "predict_with_confidence", None)):
         raise TypeError(f"{type(model).__name__} has no `predict_with_confidence` method.")
@@ -148,7 +179,7 @@ def calibration(
     if not levels or not all(0 < level < 1 for level in levels):
         raise ValueError(f"`levels` must be values in (0, 1), got {levels}.")
     # Imported here: metrics stay importable without loading torch and the models.
-    from genvi._transforms import transform_expression
+    from genvi._transforms import count_step, transform_expression
 
     keys = _model_keys(model, condition_keys)
     _check_keys(real, keys, "real")
@@ -201,9 +232,14 @@ def calibration(
         cells = counts[np.flatnonzero(mask)][:, idx]
         cells = cells.toarray() if hasattr(cells, "toarray") else np.asarray(cells)
         # Normalised over the model's genes, as the model's samples are.
-        values = transform_expression(cells.astype(np.float64), transform, target_sum)
+        cells = cells.astype(np.float64)
+        values = transform_expression(cells, transform, target_sum)
+        # randomised intervals are read on the linear scale, with one count = `step`
+        linear = values if transform != "log1p" else np.expm1(values)
+        step = count_step(cells, transform, target_sum)
         for level in levels:
             pred = preds[level]
+            randomized = pred.attrs.get("interval") == "randomized"
             keep = np.ones(len(genes), dtype=bool)
             if min_mean is not None:
                 keep = pred["mean"].to_numpy() > min_mean
@@ -211,9 +247,15 @@ def calibration(
             if not keep.any():
                 row["skipped"] = f"no gene with predicted mean > min_mean={min_mean}"
             else:
-                per_gene = interval_coverage(
-                    values[:, keep], pred["lower"].to_numpy()[keep], pred["upper"].to_numpy()[keep]
-                )
+                lower = pred["lower"].to_numpy()[keep]
+                upper = pred["upper"].to_numpy()[keep]
+                if randomized:  # expected coverage of the jittered count
+                    if transform == "log1p":
+                        lower, upper = np.expm1(lower), np.expm1(upper)
+                    per_gene = interval_coverage(linear[:, keep], lower, upper, step=step)
+                else:
+                    per_gene = interval_coverage(values[:, keep], lower, upper)
+                row["interval"] = "randomized" if randomized else "closed"
                 row["coverage"] = float(per_gene.mean())
                 row["coverage_sd"] = float(per_gene.std())
             rows.append(row)
