@@ -48,6 +48,25 @@ def count_distribution(
     return Poisson(rate=px_rate, scale=px_scale)
 
 
+class ConditionalEncoderMixin:
+    """The condition embedding and the encoder q(z | x, c) of PriorVAE and HybridVAE."""
+
+    def embed_conditions(
+        self,
+        cond_cat: torch.Tensor | None,
+        cond_cont: torch.Tensor | None,
+        keep: torch.Tensor | None = None,
+        n: int | None = None,
+    ) -> torch.Tensor:
+        """Condition embedding c for a batch (constant input if the model is unconditional)."""
+        return self.condition_encoder(cond_cat, cond_cont, keep, n=n)
+
+    def encode(self, x_in: torch.Tensor, c: torch.Tensor) -> Distribution:
+        """q(z | x, c) from the encoder input and the condition embedding."""
+        qz, _ = self.z_encoder(torch.cat([x_in, c], dim=-1))
+        return qz
+
+
 class CountVAEMixin:
     """What the count VAEs share: tensor plumbing, priors, library sizes, dispersion, sampling.
 

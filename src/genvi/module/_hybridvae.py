@@ -14,7 +14,7 @@ from torch.distributions import Distribution
 
 from genvi._constants import GENVI_REGISTRY_KEYS
 from genvi._registry import document_options
-from genvi.module._count_vae import CountVAEMixin, count_distribution
+from genvi.module._count_vae import ConditionalEncoderMixin, CountVAEMixin, count_distribution
 from genvi.nn import PRIORS, ConditionEncoder, kl_to_prior, log_mgf_linear
 
 HybridLikelihood = Literal["nb", "zinb", "poisson"]
@@ -27,7 +27,7 @@ _MAX_LOG_RESIDUAL = 30.0
 
 
 @document_options(prior=PRIORS)
-class HybridVAE(CountVAEMixin, BaseModuleClass):
+class HybridVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
     """Counts distributed around a given mean expression, with a latent cell state.
 
     For a cell with conditions ``c``, log library ``l``, latent state ``z`` and batch ``b``::
@@ -186,22 +186,7 @@ class HybridVAE(CountVAEMixin, BaseModuleClass):
         )
         return out
 
-    def embed_conditions(
-        self,
-        cond_cat: torch.Tensor | None,
-        cond_cont: torch.Tensor | None,
-        keep: torch.Tensor | None = None,
-        n: int | None = None,
-    ) -> torch.Tensor:
-        """Condition embedding c for a batch (constant input if the model is unconditional)."""
-        return self.condition_encoder(cond_cat, cond_cont, keep, n=n)
-
     # ------------------------------------------------------------------ model
-    def encode(self, x_in: torch.Tensor, c: torch.Tensor) -> Distribution:
-        """q(z | x, c) from the encoder input and the condition embedding."""
-        qz, _ = self.z_encoder(torch.cat([x_in, c], dim=-1))
-        return qz
-
     @auto_move_data
     def inference(
         self,

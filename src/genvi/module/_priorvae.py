@@ -15,6 +15,7 @@ from torch.distributions import Distribution
 
 from genvi._registry import document_options
 from genvi.module._count_vae import (
+    ConditionalEncoderMixin,
     CountVAEMixin,
     GeneLikelihood,
     check_module_options,
@@ -26,7 +27,7 @@ Dispersion = Literal["gene", "gene-batch", "gene-cell"]
 
 
 @document_options(prior=PRIORS)
-class PriorVAE(CountVAEMixin, BaseModuleClass):
+class PriorVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
     """Conditional-prior VAE for expression data.
 
     Encoder q(z | x, c), decoder p(x | z, batch) (or p(x | z, c, batch)) with a count
@@ -132,22 +133,7 @@ class PriorVAE(CountVAEMixin, BaseModuleClass):
             self.normal_loc = nn.Linear(n_hidden, n_input)
         self._init_dispersion(n_input, n_batch)
 
-    def embed_conditions(
-        self,
-        cond_cat: torch.Tensor | None,
-        cond_cont: torch.Tensor | None,
-        keep: torch.Tensor | None = None,
-        n: int | None = None,
-    ) -> torch.Tensor:
-        """Condition embedding c for a batch (constant input if the model is unconditional)."""
-        return self.condition_encoder(cond_cat, cond_cont, keep, n=n)
-
     # ------------------------------------------------------------------ model
-    def encode(self, x_in: torch.Tensor, c: torch.Tensor) -> Distribution:
-        """q(z | x, c) from the encoder input and the condition embedding."""
-        qz, _ = self.z_encoder(torch.cat([x_in, c], dim=-1))
-        return qz
-
     @auto_move_data
     def inference(
         self,
