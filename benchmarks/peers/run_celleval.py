@@ -9,7 +9,7 @@ For every prediction file ``.cache/kang/<type>/<method>_seed<s>.h5ad`` and each 
 (``sampled``, ``mean``), it builds cell-eval's two AnnData: *real* = the type's real control
 cells (``condition`` = control) + its real stimulated cells, *pred* = the same real control
 cells + the predicted cells (labelled stimulated), both log-normalised (``log1p`` of counts per
-10,000; predictions made in that space are used as they are), and runs
+10,000; predictions made in that space are used as they are, negatives set to 0), and runs
 ``MetricsEvaluator(...).compute(profile="full")`` with one thread. The per-perturbation
 results (one perturbation: stimulated) go to
 ``benchmarks/results/counterfactual_kang_celleval.json``.
@@ -53,7 +53,12 @@ def evaluate(ctrl, observed, pred_x, space: str) -> dict:
 
     c = log_norm(dense(ctrl.X))
     o = log_norm(dense(observed.X))
-    p = np.asarray(pred_x, dtype=np.float32) if space == "log_normalized" else log_norm(pred_x)
+    if space == "log_normalized":
+        # a Gaussian decoder's mean (biolord) can dip below 0, which cell-eval refuses
+        # ("Invalid scale"); log-normalised expression is >= 0, so negatives are read as 0
+        p = np.clip(np.asarray(pred_x, dtype=np.float32), 0.0, None)
+    else:
+        p = log_norm(pred_x)
     var = pd.DataFrame(index=ctrl.var_names.astype(str))
 
     def pair(stim):
