@@ -1,23 +1,31 @@
-"""Scale: seconds per epoch and peak memory vs number of cells; streaming generation memory.
+"""Scale: seconds per epoch relative to scVI, peak memory vs cells; streaming generation memory.
 
-For each size (default 10k, 100k, 1M simulated cells x 2,000 genes, CSR in memory) this
-trains ``genvi.model.PriorVI`` and ``scvi.model.SCVI`` (same batch size, same network size)
-each in a **fresh subprocess**, so peak RSS (``VmHWM`` of that process) covers exactly one
-configuration: reading the data, model set-up and training. Training is timed over a capped
-number of minibatches per epoch (``--max-batches``) and the seconds per full epoch are
-**extrapolated** as ``mean seconds per minibatch x minibatches per epoch`` (the first
-minibatch, with one-off set-up, is excluded). Then it compares the peak RSS of generating
-``--stream-cells`` (1M) cells streamed to an ``.h5ad`` (``generate(out=...)``) with generating
-``--memory-cells`` (100k) cells in memory, both from a PriorVI trained on the smallest size.
-With a GPU, every configuration also runs on it and the table gives cells/s per epoch and
-generation cells/s with the device name.
+For each size (default 10k, 100k, 1M simulated cells x 2,000 genes, CSR in memory):
+
+- ``ratio`` (the speed comparison): **one** fresh process trains ``genvi.model.PriorVI``,
+  ``genvi.model.DisentVI`` and ``scvi.model.SCVI`` (same data object, batch size 128, same
+  network sizes) in ``--rounds`` interleaved rounds of ``--max-batches`` minibatches each
+  (the order rotates between rounds), timing every minibatch in wall-clock and in the main
+  thread's CPU time (``time.thread_time``; with one torch thread this is the work done, and
+  it moves much less than wall time when other processes share the cores). Seconds per
+  epoch are **extrapolated** as median seconds per minibatch x minibatches per epoch (the
+  first minibatch of each round, with one-off set-up, is excluded), and every model is
+  reported as a ratio to scVI's time in the same round (median and range over rounds).
+- ``memory``: every model again in its own **fresh subprocess**, so peak RSS (``VmHWM``)
+  covers exactly one configuration: reading the data, model set-up and training.
+- ``generate`` (once): peak RSS of generating ``--stream-cells`` (1M) cells streamed to an
+  ``.h5ad`` (``generate(out=...)``) vs ``--memory-cells`` (100k) in memory, from a PriorVI
+  trained on the smallest size.
+
+With a GPU every part also runs on it (wall time, synchronised per minibatch).
 
 Data: a fast dedicated simulator (NB-like Poisson-Gamma counts with cell-type programmes,
 ~600 counts per cell, ~20% non-zero) written once per size to ``--work-dir``;
 ``genvi.data.simulate`` draws every gene of every cell through its full generative model and
 is much slower at 1M cells.
 
-Run: ``python benchmarks/scale.py --threads 1`` (writes ``benchmarks/results/scale.json``).
+Run: ``python benchmarks/scale.py --threads 1`` (writes ``benchmarks/results/scale.json``);
+``--parts ratio`` for the speed ratios only.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from _common import (  # noqa: E402
 
 N_GENES = 2000
 BATCH_SIZE = 128
+MODELS = ("PriorVI", "DisentVI", "SCVI")
 
 
 # ---------------------------------------------------------------------- helpers (workers)
@@ -87,23 +96,82 @@ def simulate_counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0):
 
 
 class _BatchTimer:
-    """Lightning callback recording the wall time of every training minibatch."""
+    """Lightning callback recording wall and thread CPU time of every training minibatch."""
 
-    def __new__(cls):
+    def __new__(cls, cuda: bool = False):
         from lightning.pytorch.callbacks import Callback
+
+        def sync():
+            if cuda:
+                import torch
+
+                torch.cuda.synchronize()
 
         class Timer(Callback):
             def __init__(self):
                 self.times: list[float] = []
-                self.n_batches_epoch: int | None = None
+                self.cpu_times: list[float] = []
 
             def on_train_batch_start(self, trainer, *args):
+                sync()
                 self._t = time.perf_counter()
+                self._c = time.thread_time()
 
             def on_train_batch_end(self, trainer, *args):
+                sync()
                 self.times.append(time.perf_counter() - self._t)
+                self.cpu_times.append(time.thread_time() - self._c)
 
         return Timer()
+
+
+def build_model(name: str, adata):
+    """One of :data:`MODELS` set up on ``adata`` (cell type as condition, batch as nuisance)."""
+    import scvi
+
+    import genvi
+
+    if name == "PriorVI":
+        genvi.model.PriorVI.setup_anndata(adata, condition_keys=["cell_type"], batch_key="batch")
+        return genvi.model.PriorVI(adata, n_latent=10, n_hidden=128)
+    if name == "DisentVI":
+        genvi.model.DisentVI.setup_anndata(
+            adata, categorical_attributes=["cell_type"], batch_key="batch"
+        )
+        return genvi.model.DisentVI(adata, n_latent=10, n_hidden=128)
+    scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
+    return scvi.model.SCVI(adata, n_latent=10, n_hidden=128)
+
+
+def timed_batches(model, n_obs: int, max_batches: int, accel: str, epochs: int = 1) -> dict:
+    """Train ``max_batches`` minibatches per epoch; median wall / CPU seconds per minibatch."""
+    timer = _BatchTimer(cuda=accel == "gpu")
+    n_train = int(round(0.9 * n_obs))
+    batches_per_epoch = int(np.ceil(n_train / BATCH_SIZE))
+    model.train(
+        max_epochs=epochs,
+        batch_size=BATCH_SIZE,
+        accelerator=accel,
+        devices=1,
+        limit_train_batches=min(max_batches, batches_per_epoch),
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        callbacks=[timer],
+        early_stopping=False,
+    )
+    keep = slice(1, None) if len(timer.times) > 1 else slice(None)
+    wall = float(np.median(timer.times[keep]))
+    cpu = float(np.median(timer.cpu_times[keep]))
+    return {
+        "timed_batches": len(timer.times[keep]),
+        "batches_per_epoch": batches_per_epoch,
+        "sec_per_batch": wall,
+        "cpu_sec_per_batch": cpu,
+        "sec_per_epoch": wall * batches_per_epoch,
+        "cpu_sec_per_epoch": cpu * batches_per_epoch,
+        "cells_per_s": BATCH_SIZE / wall,
+        "extrapolated": len(timer.times) < batches_per_epoch * epochs,
+    }
 
 
 def worker(cfg: dict) -> dict:
@@ -124,46 +192,31 @@ def worker(cfg: dict) -> dict:
         adata = simulate_counts(cfg["n_cells"], seed=cfg.get("seed", 0))
         adata.write_h5ad(cfg["path"])
         out.update(seconds=time.perf_counter() - t0, nnz_per_cell=adata.X.nnz / adata.n_obs)
+    elif cfg["task"] == "ratio":
+        t0 = time.perf_counter()
+        adata = ad.read_h5ad(cfg["path"])
+        out["load_s"] = time.perf_counter() - t0
+        models = {name: build_model(name, adata) for name in cfg["models"]}
+        rounds = []
+        names = list(models)
+        for r in range(cfg["rounds"]):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            rounds.append(
+                {
+                    name: timed_batches(models[name], adata.n_obs, cfg["max_batches"], accel)
+                    for name in order
+                }
+            )
+        out["rounds"] = rounds
     elif cfg["task"] == "train":
         t0 = time.perf_counter()
         adata = ad.read_h5ad(cfg["path"])
         load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if cfg["model"] == "PriorVI":
-            genvi.model.PriorVI.setup_anndata(
-                adata, condition_keys=["cell_type"], batch_key="batch"
-            )
-            model = genvi.model.PriorVI(adata, n_latent=10, n_hidden=128)
-        else:
-            scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
-            model = scvi.model.SCVI(adata, n_latent=10, n_hidden=128)
+        model = build_model(cfg["model"], adata)
         setup_s = time.perf_counter() - t0
-        timer = _BatchTimer()
-        n_train = int(round(0.9 * adata.n_obs))
-        batches_per_epoch = int(np.ceil(n_train / BATCH_SIZE))
-        model.train(
-            max_epochs=cfg["epochs"],
-            batch_size=BATCH_SIZE,
-            accelerator=accel,
-            devices=1,
-            limit_train_batches=min(cfg["max_batches"], batches_per_epoch),
-            limit_val_batches=0,
-            enable_progress_bar=False,
-            callbacks=[timer],
-            early_stopping=False,
-        )
-        times = np.asarray(timer.times[1:] if len(timer.times) > 1 else timer.times)
-        sec_batch = float(np.median(times))
-        out.update(
-            load_s=load_s,
-            setup_s=setup_s,
-            timed_batches=len(times),
-            batches_per_epoch=batches_per_epoch,
-            sec_per_batch=sec_batch,
-            sec_per_epoch=sec_batch * batches_per_epoch,
-            cells_per_s=BATCH_SIZE / sec_batch,
-            extrapolated=len(timer.times) < batches_per_epoch * cfg["epochs"],
-        )
+        res = timed_batches(model, adata.n_obs, cfg["max_batches"], accel, cfg["epochs"])
+        out.update(load_s=load_s, setup_s=setup_s, **res)
         if cfg.get("save"):
             model.save(cfg["save"], overwrite=True)
     elif cfg["task"] in ("generate_stream", "generate_memory"):
@@ -206,15 +259,44 @@ def run_worker(cfg: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- main
+def ratio_summary(rounds: list[dict], reference: str = "SCVI") -> dict:
+    """Per model: median seconds per epoch over rounds and ratios to ``reference`` per round."""
+    out = {}
+    for name in rounds[0]:
+        cpu = np.array([r[name]["cpu_sec_per_epoch"] for r in rounds])
+        wall = np.array([r[name]["sec_per_epoch"] for r in rounds])
+        entry = {
+            "cpu_sec_per_epoch": float(np.median(cpu)),
+            "sec_per_epoch": float(np.median(wall)),
+            "batches_per_epoch": rounds[0][name]["batches_per_epoch"],
+            "timed_batches_per_round": rounds[0][name]["timed_batches"],
+        }
+        if reference in rounds[0]:
+            ref_cpu = np.array([r[reference]["cpu_sec_per_epoch"] for r in rounds])
+            ref_wall = np.array([r[reference]["sec_per_epoch"] for r in rounds])
+            entry["cpu_ratio_per_round"] = (cpu / ref_cpu).tolist()
+            entry["wall_ratio_per_round"] = (wall / ref_wall).tolist()
+            entry["cpu_ratio"] = float(np.median(cpu / ref_cpu))
+            entry["wall_ratio"] = float(np.median(wall / ref_wall))
+        out[name] = entry
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, default_epochs=1)
     parser.add_argument("--epochs", dest="max_epochs", type=int, help="alias of --max-epochs")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="cells per dataset")
     parser.add_argument("--max-batches", type=int, default=40, help="minibatches timed per epoch")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ratio part)")
+    parser.add_argument("--models", default=",".join(MODELS), help="models to compare")
+    parser.add_argument(
+        "--parts", default="ratio,memory,generate", help="comma list of ratio, memory, generate"
+    )
     parser.add_argument("--stream-cells", type=int, default=1_000_000)
     parser.add_argument("--memory-cells", type=int, default=100_000)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/genvi_scale"))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -224,12 +306,29 @@ def main() -> None:
     import torch
 
     sizes = [int(s) for s in args.sizes.split(",")]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    parts = {p.strip() for p in args.parts.split(",")}
     args.work_dir.mkdir(parents=True, exist_ok=True)
     accelerators = ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
     device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     common = {"threads": args.threads, "seed": args.seed, "epochs": args.max_epochs}
-    results: dict = {"machine": machine_info(), "gpu": device_name, "train": [], "generate": []}
-    rows = []
+    results: dict = {
+        "machine": machine_info(),
+        "gpu": device_name,
+        "settings": {
+            "sizes": sizes,
+            "models": models,
+            "rounds": args.rounds,
+            "max_batches": args.max_batches,
+            "batch_size": BATCH_SIZE,
+            "threads": args.threads,
+            "parts": sorted(parts),
+        },
+        "ratio": [],
+        "train": [],
+        "generate": [],
+    }
+    ratio_rows, rows = [], []
     model_dir = str(args.work_dir / "priorvi_small")
     for n in sizes:
         path = str(args.work_dir / f"sim_{n}.h5ad")
@@ -237,7 +336,43 @@ def main() -> None:
             res = run_worker({**common, "task": "data", "n_cells": n, "path": path})
             print(f"data {n}: {res.get('seconds', res.get('error'))}", flush=True)
         for accel in accelerators:
-            for model in ("PriorVI", "SCVI"):
+            dev = device_name if accel == "gpu" else f"cpu x{args.threads or 'auto'}"
+            if "ratio" in parts:
+                cfg = {
+                    **common,
+                    "task": "ratio",
+                    "models": models,
+                    "n_cells": n,
+                    "path": path,
+                    "accelerator": accel,
+                    "max_batches": args.max_batches,
+                    "rounds": args.rounds,
+                }
+                res = run_worker(cfg)
+                if "error" in res:
+                    print(f"ratio {n} {accel}: ERROR {res['error']}", flush=True)
+                    results["ratio"].append(res)
+                else:
+                    res["summary"] = ratio_summary(res["rounds"])
+                    results["ratio"].append(res)
+                    for name, e in res["summary"].items():
+                        spread = e.get("cpu_ratio_per_round", [float("nan")])
+                        ratio_rows.append(
+                            [
+                                name,
+                                f"{n:,}",
+                                dev,
+                                e["cpu_sec_per_epoch"],
+                                e["sec_per_epoch"],
+                                e.get("cpu_ratio", float("nan")),
+                                f"{min(spread):.2f}-{max(spread):.2f}",
+                                e.get("wall_ratio", float("nan")),
+                            ]
+                        )
+                        print(ratio_rows[-1], flush=True)
+            if "memory" not in parts:
+                continue
+            for model in models:
                 cfg = {
                     **common,
                     "task": "train",
@@ -253,7 +388,6 @@ def main() -> None:
                 if "error" in res:
                     print(f"{model} {n} {accel}: ERROR {res['error']}", flush=True)
                     continue
-                dev = device_name if accel == "gpu" else f"cpu x{args.threads or 'auto'}"
                 rows.append(
                     [
                         model,
@@ -267,25 +401,56 @@ def main() -> None:
                     ]
                 )
                 print(rows[-1], flush=True)
-    print()
-    print(
-        markdown_table(
-            [
-                "model",
-                "cells",
-                "device",
-                "s/epoch (extrapolated)",
-                "train cells/s",
-                "peak RSS MB",
-                "batches timed",
-                "load+setup s",
-            ],
-            rows,
+    if ratio_rows:
+        print()
+        print(
+            markdown_table(
+                [
+                    "model",
+                    "cells",
+                    "device",
+                    "CPU s/epoch",
+                    "wall s/epoch",
+                    "ratio to scVI (CPU time)",
+                    "range over rounds",
+                    "ratio to scVI (wall)",
+                ],
+                ratio_rows,
+            )
         )
-    )
+    if rows:
+        print()
+        print(
+            markdown_table(
+                [
+                    "model",
+                    "cells",
+                    "device",
+                    "s/epoch (extrapolated)",
+                    "train cells/s",
+                    "peak RSS MB",
+                    "batches timed",
+                    "load+setup s",
+                ],
+                rows,
+            )
+        )
     gen_rows = []
     small = str(args.work_dir / f"sim_{sizes[0]}.h5ad")
-    for accel in accelerators:
+    for accel in accelerators if "generate" in parts else []:
+        if not os.path.exists(model_dir):
+            res = run_worker(
+                {
+                    **common,
+                    "task": "train",
+                    "model": "PriorVI",
+                    "n_cells": sizes[0],
+                    "path": small,
+                    "accelerator": "cpu",
+                    "max_batches": args.max_batches,
+                    "save": model_dir,
+                }
+            )
         for task, n in (
             ("generate_memory", args.memory_cells),
             ("generate_stream", args.stream_cells),
@@ -317,31 +482,34 @@ def main() -> None:
                 ]
             )
             print(gen_rows[-1], flush=True)
-    print()
-    print(
-        markdown_table(
-            [
-                "generation",
-                "cells",
-                "device",
-                "seconds",
-                "cells/s",
-                "peak RSS MB",
-                "RSS before MB",
-                "output MB",
-            ],
-            gen_rows,
+    if gen_rows:
+        print()
+        print(
+            markdown_table(
+                [
+                    "generation",
+                    "cells",
+                    "device",
+                    "seconds",
+                    "cells/s",
+                    "peak RSS MB",
+                    "RSS before MB",
+                    "output MB",
+                ],
+                gen_rows,
+            )
         )
+    note = (
+        "s/epoch extrapolated from the median time of the timed minibatches (first of each "
+        f"round excluded) x minibatches per epoch (batch size {BATCH_SIZE}, 90% of cells in "
+        "training). Ratios: CPU time of the main thread relative to scVI's in the same round "
+        "of the same process (median over rounds). Peak RSS is VmHWM of a fresh subprocess "
+        "per configuration."
     )
-    print(
-        "\ns/epoch is extrapolated from the median time of the timed minibatches (first "
-        "excluded) x minibatches per epoch (batch size 128, 90% of cells in training)."
-    )
-    results["notes"] = (
-        "s/epoch extrapolated from median minibatch time x minibatches per epoch; peak RSS is "
-        "VmHWM of a fresh subprocess per configuration."
-    )
-    print(f"wrote {write_json(results, RESULTS_DIR / 'scale.json')}")
+    print("\n" + note)
+    results["notes"] = note
+    results["machine_after"] = machine_info()
+    print(f"wrote {write_json(results, args.out)}")
 
 
 if __name__ == "__main__":

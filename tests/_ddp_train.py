@@ -34,6 +34,9 @@ class GatherWeights(Callback):
                     {
                         "world_size": trainer.world_size,
                         "num_training_batches": trainer.num_training_batches,
+                        "find_unused_parameters": trainer.strategy._ddp_kwargs.get(
+                            "find_unused_parameters"
+                        ),
                         "stats": gathered.tolist(),
                     },
                     f,
@@ -60,7 +63,13 @@ def main(out: str) -> None:
     )
     model.save(f"{out}/priorvi", overwrite=True)
     flow = genvi.model.LatentFlow.from_model(model, condition_keys=["cell_type"], n_hidden=16)
-    flow.train(max_epochs=2, batch_size=64, enable_progress_bar=False, **ddp)
+    flow.train(
+        max_epochs=2,
+        batch_size=64,
+        enable_progress_bar=False,
+        callbacks=[GatherWeights(f"{out}/flow_rank_weights.json")],
+        **ddp,
+    )
     flow.save(f"{out}/flow", overwrite=True)
     params = torch.cat([p.detach().reshape(-1) for p in model.module.parameters()])
     info = {

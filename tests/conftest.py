@@ -18,6 +18,35 @@ torch.set_num_threads(1)
 # fewer epochs leave the predictive distribution measurably too wide (over-coverage)
 N_EPOCHS = 300
 
+# Fixtures that train for tens of seconds on 2 cores ("module::name" where the name is not
+# unique): every test that uses one joins the `slow` lane, so `pytest -m "not slow"` never
+# builds them. Tests that train as long inline carry @pytest.mark.slow themselves.
+SLOW_FIXTURES = frozenset(
+    {
+        "model_gaussian",
+        "model_normal",
+        "test_latent_priors::priors",
+        "test_latent_priors::scvi_base",
+        "test_disentvi::trained",
+        "test_hybridvi::hybrid_true",
+        "test_conformal::scored_cells",
+        "test_cli::demo_run",
+        "test_expressive_priors::gaussian_result",
+        "test_gpu::pairs",
+        "test_paths::batched",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs a :data:`SLOW_FIXTURES` fixture as ``slow``."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        names = set(getattr(item, "fixturenames", ()))
+        needed = names | {f"{module}::{n}" for n in names}
+        if needed & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
 
 def quiet_train(model, **kwargs):
     """Train without progress bars or Lightning's chatter."""

@@ -54,6 +54,7 @@ def test_demo_writes_outputs(demo_run, capsys):
     assert 0.0 <= mia["auroc"] <= 1.0 and mia["risk"] in ("none detected", "low", "high")
 
 
+@pytest.mark.slow
 def test_demo_on_many_genes_trains_on_highly_variable_genes(tmp_path, capsys):
     """A file with more genes than --n-top-genes trains on HVGs and says so (not 'hung')."""
     adata = genvi.data.simulate(n_cells=300, n_genes=120, n_cell_types=3, seed=4)

@@ -144,6 +144,7 @@ def test_save_load_gives_identical_outputs(trained, tmp_path):
     pd.testing.assert_frame_equal(loaded.predict_attributes(sub), model.predict_attributes(sub))
 
 
+@pytest.mark.slow
 def test_ordered_attribute_interpolates_unseen_values():
     sim = genvi.data.simulate(
         n_cells=1500,
@@ -214,6 +215,7 @@ def test_unknown_label_marks_missing(tiny):
     assert (model.train_codes_[:20, 0] == -1).all() and (model.train_codes_[20:, 0] >= 0).all()
 
 
+@pytest.mark.slow
 def test_gene_attribute_dispersion_recovers_condition_specific_overdispersion():
     """Treated cells are far more overdispersed on half the genes; the learned theta says so."""
     rng = np.random.default_rng(0)

@@ -220,6 +220,7 @@ def test_bad_input(world, priors, scvi_base):
         assert not [k for k in history if k.startswith(("elbo", "reconstruction", "kl_"))]
 
 
+@pytest.mark.slow
 def test_flow_on_priorvi_scores_unseen_type(sim, sim_split):
     """A PriorVI base; log p(x | c) ranks a never-seen cell type below held-out known cells."""
     train, test = sim_split

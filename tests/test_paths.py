@@ -90,6 +90,7 @@ def test_size_factors_are_used_unclipped(tiny):
     assert np.isfinite(model.get_log_likelihood(n_samples=5)).all()
 
 
+@pytest.mark.slow
 def test_conditioned_decoder_counterfactual_follows_the_true_effect():
     sim = genvi.data.simulate(n_cells=1200, n_genes=60, n_cell_types=2, seed=2, effect_size=1.5)
     scvi.settings.seed = 0

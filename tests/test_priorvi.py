@@ -123,6 +123,7 @@ def test_predictive_intervals_cover_held_out_cells(sim_split, model_gaussian):
     assert np.all(pred["lower"] <= pred["mean"]) and np.all(pred["mean"] <= pred["upper"])
 
 
+@pytest.mark.slow
 def test_log_likelihood_flags_an_unseen_cell_type():
     # distinct cell types (effect_size=2); with subtle ones (effect_size=1) the AUROC was 0.83
     sim = genvi.data.simulate(n_cells=2000, n_genes=150, effect_size=2.0, seed=0)
@@ -232,6 +233,7 @@ def test_other_likelihoods_train_and_generate(tiny, likelihood):
     assert np.all(np.isfinite(model.get_log_likelihood(n_samples=5)))
 
 
+@pytest.mark.slow
 def test_mixture_prior_and_continuous_conditions():
     sim = genvi.data.simulate(n_cells=1500, n_genes=100, continuous_covariate=True, seed=2)
     scvi.settings.seed = 0

@@ -34,7 +34,8 @@ class _AttributeJointObsField(CategoricalJointObsField):
         self.unknown_label = unknown_label
 
     def _missing(self, values: pd.Series) -> np.ndarray:
-        missing = pd.isna(values).to_numpy()
+        # a copy: under pandas 3 (copy-on-write) to_numpy() can be a read-only view
+        missing = np.array(pd.isna(values), dtype=bool)
         if self.unknown_label is not None:
             missing |= (values.astype(object).astype(str) == str(self.unknown_label)).to_numpy()
         return missing

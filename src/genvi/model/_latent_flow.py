@@ -54,6 +54,11 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
         LatentFlow reached energy distance 0.043 with samples vs 0.072 with means).
     ot_pairing
         Minibatch optimal-transport pairing of noise and latents within each condition.
+    ot_solver
+        How the pairing is solved: ``"auto"`` (default) takes the exact Hungarian assignment
+        on the CPU and, on a GPU, an auction solver that runs on the device without waiting
+        for the host (within about 1% of the exact pairing cost); ``"exact"`` or
+        ``"device"`` force one.
     dropout_rate
         Dropout inside the vector field.
 
@@ -78,6 +83,7 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
         uncond_dropout: float = 0.1,
         latent_target: Literal["mean", "sample"] = "sample",
         ot_pairing: bool = True,
+        ot_solver: Literal["auto", "exact", "device"] = "auto",
         dropout_rate: float = 0.0,
     ):
         self._init_latent_model(adata, base_model, **module_options(locals()))

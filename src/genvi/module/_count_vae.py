@@ -115,6 +115,18 @@ class CountVAEMixin:
         elif self.dispersion != "gene-cell":
             self.px_r = nn.Parameter(torch.randn(n_input))
 
+    def _freeze_unused(self, *parts: nn.Module | nn.Parameter | None) -> None:
+        """Exclude parts this configuration never uses from training.
+
+        They would get no gradient anyway; frozen, they are left out of the optimizer and
+        DDP need not search for unused parameters at every step (see
+        :func:`genvi.model.base.configure_distributed`). Their weights stay in the state
+        dict, so saved models are unchanged.
+        """
+        for part in parts:
+            if part is not None:
+                part.requires_grad_(False)
+
     def _batch_theta(self, batch_index: torch.Tensor) -> torch.Tensor:
         """Inverse dispersion of each cell's batch (``dispersion="gene-batch"``)."""
         onehot = nn.functional.one_hot(batch_index.long().squeeze(-1), self.n_batch).float()

@@ -199,6 +199,14 @@ class DisentVAE(CountVAEMixin, BaseModuleClass):
         self.predictor = AttributeHeads(
             n_input, n_cats_per_key, n_ordered, n_hidden=n_hidden, dropout_rate=dropout_rate
         )
+        uses_theta = gene_likelihood != "poisson"
+        self._freeze_unused(
+            None if gene_likelihood == "zinb" else self.decoder.px_dropout_decoder,
+            None if dispersion == "gene-cell" and uses_theta else self.decoder.px_r_decoder,
+            None if uses_theta else getattr(self, "px_r", None),
+            None if uses_theta else getattr(self, "px_r_attribute", None),
+            None if adversary_weight > 0 else self.adversary,
+        )
 
     # ------------------------------------------------------------------ attributes
     def standardize_ordered(self, cond_cont: torch.Tensor) -> torch.Tensor:
@@ -314,12 +322,12 @@ class DisentVAE(CountVAEMixin, BaseModuleClass):
         """p(x | z_u, attributes, batch); ``z`` may carry a leading sample dimension."""
         logits, hidden, inter = self.decoder(z, c, batch_index)
         if self.gene_likelihood == "normal":
-            scale = self._dispersion(self.decoder.px_r_decoder(hidden), batch_index, c)
+            scale = self._dispersion(hidden, batch_index, c)
             px = Normal(logits, scale, normal_mu=logits)
         else:
             px_scale = logits.softmax(-1)
             px_rate = torch.exp(library) * px_scale
-            theta = self._dispersion(self.decoder.px_r_decoder(hidden), batch_index, c)
+            theta = self._dispersion(hidden, batch_index, c)
             zi_logits = (
                 self.decoder.px_dropout_decoder(hidden) if self.gene_likelihood == "zinb" else None
             )
@@ -327,14 +335,15 @@ class DisentVAE(CountVAEMixin, BaseModuleClass):
         return (px, inter) if return_interaction else px
 
     def _dispersion(
-        self, px_r_cell: torch.Tensor, batch_index: torch.Tensor, c: torch.Tensor
+        self, hidden: torch.Tensor, batch_index: torch.Tensor, c: torch.Tensor
     ) -> torch.Tensor:
+        """Inverse dispersion (NB) or scale (Normal); ``hidden`` is the decoder's basal layer."""
         if self.dispersion == "gene-attribute":
-            if c.dim() < px_r_cell.dim():
-                c = c.expand(*px_r_cell.shape[:-1], -1)
+            if c.dim() < hidden.dim():
+                c = c.expand(*hidden.shape[:-1], -1)
             return torch.exp(self.px_r + self.px_r_attribute(c))
-        if self.dispersion == "gene-cell":
-            return torch.exp(px_r_cell)
+        if self.dispersion == "gene-cell":  # the per-cell head runs only when it is used
+            return torch.exp(self.decoder.px_r_decoder(hidden))
         if self.dispersion == "gene-batch":
             return self._batch_theta(batch_index)
         return torch.exp(self.px_r)

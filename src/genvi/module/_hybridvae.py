@@ -156,6 +156,10 @@ class HybridVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
             nn.init.zeros_(self.dispersion_condition.weight)
         if gene_likelihood == "zinb":
             self.zi_logits = nn.Parameter(torch.full((n_input,), -3.0))
+        if gene_likelihood == "poisson":  # no dispersion: nothing for DDP to search for
+            self._freeze_unused(
+                getattr(self, "px_r", None), getattr(self, "dispersion_condition", None)
+            )
 
     # ------------------------------------------------------------------ the given mean
     def set_mean_function(self, fn: LogMeanFunction | None) -> None:
@@ -224,8 +228,10 @@ class HybridVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
         Computed once per distinct condition embedding of the batch (Monte Carlo priors then
         use ``n_centering_samples`` draws per condition, shared by its cells).
         """
-        _, inverse = torch.unique(c.detach(), dim=0, return_inverse=True)
-        n_unique = int(inverse.max()) + 1
+        # torch.unique's output size is data-dependent (one device wait on a GPU); reading
+        # the size off ``uniq`` avoids a second read-back of ``inverse.max()``
+        uniq, inverse = torch.unique(c.detach(), dim=0, return_inverse=True)
+        n_unique = uniq.shape[0]
         first = torch.full((n_unique,), c.shape[0], dtype=torch.long, device=c.device)
         first = first.scatter_reduce(
             0, inverse, torch.arange(c.shape[0], device=c.device), reduce="amin"

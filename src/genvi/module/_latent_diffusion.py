@@ -43,7 +43,9 @@ class LatentDiffusionModule(LatentPriorModule):
         self.prediction = prediction
         self.schedule = CosineSchedule()
 
-    def per_cell_loss(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def per_cell_loss(
+        self, z: torch.Tensor, c: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Squared error of the eps / v prediction at a uniformly drawn time."""
         t = torch.rand(z.shape[0], device=z.device)
         eps = torch.randn_like(z)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from genvi._registry import document_options
 from genvi.module._latent_prior import LatentPriorModule
 from genvi.module._ode import ODE_METHODS, integrate
+from genvi.module._ot import OTSolver, ot_permutation
 from genvi.nn import ConditionInputs
 
 
@@ -34,6 +33,11 @@ class LatentFlowModule(LatentPriorModule):
         Pair noise and latents inside each minibatch by optimal transport (per condition
         group, so the noise stays N(0, I) given the condition): straighter paths, fewer
         steps needed.
+    ot_solver
+        ``"auto"`` (default): the exact Hungarian assignment (scipy) when training on the
+        CPU, and on a GPU an auction solver that runs on the device with no host
+        synchronisation (within about 1% of the exact pairing cost); ``"exact"`` or
+        ``"device"`` force one (see :func:`genvi.module._ot.ot_permutation`).
     **kwargs
         See :class:`~genvi.module.LatentPriorModule`.
     """
@@ -41,15 +45,21 @@ class LatentFlowModule(LatentPriorModule):
     #: name of the training objective in ``history`` (``flow_matching_loss_train``...)
     objective = "flow_matching_loss"
 
-    def __init__(self, *args, ot_pairing: bool = True, **kwargs):
+    def __init__(self, *args, ot_pairing: bool = True, ot_solver: OTSolver = "auto", **kwargs):
         super().__init__(*args, **kwargs)
+        if ot_solver not in get_args(OTSolver):
+            raise ValueError(f"Unknown ot_solver {ot_solver!r}; use 'auto', 'exact' or 'device'.")
         self.ot_pairing = ot_pairing
+        self.ot_solver = ot_solver
 
-    def per_cell_loss(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def per_cell_loss(
+        self, z: torch.Tensor, c: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Squared error of the regressed velocity at a uniformly drawn time."""
         noise = torch.randn_like(z)
         if self.ot_pairing:
-            noise = noise[_ot_permutation(noise, z, c)]
+            keys = c if groups is None else groups
+            noise = noise[ot_permutation(noise, z, keys, self.ot_solver)]
         t = torch.rand(z.shape[0], device=z.device)
         zt = (1 - t).unsqueeze(-1) * noise + t.unsqueeze(-1) * z
         return ((self.net(zt, t, c) - (z - noise)) ** 2).sum(-1)
@@ -183,25 +193,3 @@ class LatentFlowModule(LatentPriorModule):
         d = x0.shape[1]
         log_base = -0.5 * (x0**2).sum(-1) - 0.5 * d * math.log(2 * math.pi)
         return log_base + delta + self.log_det_standardize()
-
-
-def _ot_permutation(noise: torch.Tensor, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Indices reordering ``noise`` to the minimal-cost pairing with ``z`` within each condition.
-
-    Cells sharing the same condition embedding form a group; pairing never crosses groups,
-    so the noise a cell of condition c receives is still distributed as N(0, I).
-    """
-    with torch.no_grad():
-        perm = torch.arange(z.shape[0], device=z.device)
-        _, groups = torch.unique(c.detach(), dim=0, return_inverse=True)
-        groups = groups.cpu().numpy()
-        cost = torch.cdist(z.detach(), noise.detach()).pow(2).cpu().numpy()
-        for g in np.unique(groups):
-            idx = np.flatnonzero(groups == g)
-            if len(idx) < 2:
-                continue
-            rows, cols = linear_sum_assignment(cost[np.ix_(idx, idx)])
-            perm[torch.as_tensor(idx[rows], device=z.device)] = torch.as_tensor(
-                idx[cols], device=z.device
-            )
-    return perm

@@ -9,6 +9,7 @@ import torch
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from genvi._constants import GENVI_REGISTRY_KEYS
+from genvi.module._ot import condition_groups
 from genvi.nn import ConditionalDenoiser, ConditionEncoder, ConditionInputs
 
 LATENT_LOC_KEY = "genvi_latent_loc"
@@ -188,7 +189,8 @@ class LatentPriorModule(BaseModuleClass):
             joint = torch.rand(n, 1, device=z.device) >= self.uncond_dropout
             keep = joint.expand(n, self.n_keys)
         cat = cat.long() if cat is not None else None
-        return {"z": self.standardize(z), "c": self.embed_conditions(cat, cont, keep, n=n)}
+        c, mask = self.condition_encoder(cat, cont, keep, n=n, return_mask=True)
+        return {"z": self.standardize(z), "c": c, "groups": condition_groups(cat, cont, mask, n)}
 
     def _get_generative_input(self, tensors, inference_outputs) -> dict:
         return {}
@@ -199,11 +201,19 @@ class LatentPriorModule(BaseModuleClass):
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
         """Mean of :meth:`per_cell_loss` (reported as the reconstruction term)."""
-        per_cell = self.per_cell_loss(inference_outputs["z"], inference_outputs["c"])
+        per_cell = self.per_cell_loss(
+            inference_outputs["z"], inference_outputs["c"], inference_outputs.get("groups")
+        )
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell)
 
-    def per_cell_loss(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Training objective per cell; defined by subclasses."""
+    def per_cell_loss(
+        self, z: torch.Tensor, c: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Training objective per cell; defined by subclasses.
+
+        ``groups``: rows equal exactly for cells of the same condition (as embedded, null
+        tokens included), see :func:`genvi.module._ot.condition_groups`.
+        """
         raise NotImplementedError
 
     def sample(self, cond: ConditionInputs, **kwargs) -> torch.Tensor:

@@ -132,6 +132,13 @@ class PriorVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
             # log-scale data: an unconstrained mean instead of library x softmax proportions
             self.normal_loc = nn.Linear(n_hidden, n_input)
         self._init_dispersion(n_input, n_batch)
+        uses_theta = gene_likelihood != "poisson"
+        self._freeze_unused(
+            None if gene_likelihood == "zinb" else self.decoder.px_dropout_decoder,
+            None if dispersion == "gene-cell" and uses_theta else self.decoder.px_r_decoder,
+            self.decoder.px_scale_decoder if gene_likelihood == "normal" else None,
+            None if uses_theta else getattr(self, "px_r", None),
+        )
 
     # ------------------------------------------------------------------ model
     @auto_move_data

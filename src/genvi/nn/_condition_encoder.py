@@ -86,6 +86,8 @@ class ConditionEncoder(nn.Module):
             for _ in range(n_continuous)
         )
         self.null_tokens = nn.Parameter(torch.zeros(self.n_keys, n_embed))
+        if self.n_keys == 0:  # an unconditional model has no token to learn
+            self.null_tokens.requires_grad_(False)
         mean = (
             torch.zeros(n_continuous)
             if continuous_mean is None
@@ -111,7 +113,8 @@ class ConditionEncoder(nn.Module):
         cont: torch.Tensor | None,
         keep: torch.Tensor | None = None,
         n: int | None = None,
-    ) -> torch.Tensor:
+        return_mask: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Embed conditions.
 
         Parameters
@@ -126,15 +129,21 @@ class ConditionEncoder(nn.Module):
             additionally dropped at random with probability ``dropout``.
         n
             Number of cells; needed only when no tensor is given (no condition keys).
+        return_mask
+            Also return the ``(n, n_keys)`` mask actually applied (``keep`` and the random
+            dropout): False where a key got its null token.
 
         Returns
         -------
         Tensor of shape ``(n, n_output)``; a column of ones when there are no condition keys
-        (so prior networks keep a bias).
+        (so prior networks keep a bias). With ``return_mask``, ``(embedding, mask)``.
         """
         n = _n_rows(cat, cont, keep, n=n)
         if self.n_keys == 0:
-            return torch.ones(n, 1, device=self.null_tokens.device)
+            ones = torch.ones(n, 1, device=self.null_tokens.device)
+            if return_mask:
+                return ones, torch.ones(n, 0, dtype=torch.bool, device=ones.device)
+            return ones
         parts = []
         for i, emb in enumerate(self.embeddings):
             parts.append(emb(cat[:, i].long()))
@@ -148,7 +157,7 @@ class ConditionEncoder(nn.Module):
         if self.training and self.dropout > 0:
             mask = mask & (torch.rand(n, self.n_keys, device=h.device) >= self.dropout)
         h = torch.where(mask.unsqueeze(-1), h, self.null_tokens.unsqueeze(0).expand_as(h))
-        return h.reshape(n, -1)
+        return (h.reshape(n, -1), mask) if return_mask else h.reshape(n, -1)
 
     def embed(self, inputs: ConditionInputs, n: int | None = None) -> torch.Tensor:
         """:meth:`forward` of a :class:`ConditionInputs`."""

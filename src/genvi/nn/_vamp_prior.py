@@ -71,9 +71,14 @@ class VampPrior(Prior):
         """Component locs and scales ``(n, K, d)``: every pseudo-input under each cell's c."""
         if self._encode is None:
             raise RuntimeError("VampPrior needs the VAE's encoder: call attach_encoder first.")
-        # conditions repeat within a batch: encode the pseudo-inputs once per distinct c
-        _, inverse = torch.unique(c.detach(), dim=0, return_inverse=True)
-        u, k = int(inverse.max()) + 1, self.n_pseudo
+        # Conditions repeat within a batch: encode the pseudo-inputs once per distinct c.
+        # torch.unique has a data-dependent output size, so on a GPU it waits for the device
+        # once per call; its size is then known on the host (no second read-back). Encoding
+        # the pseudo-inputs once per cell instead would avoid that wait but cost n / u times
+        # the encoder work (n_pseudo x n cells, e.g. 128 / 8 = 16x for 8 conditions in a
+        # batch of 128) and change the encoder's BatchNorm statistics.
+        uniq, inverse = torch.unique(c.detach(), dim=0, return_inverse=True)
+        u, k = uniq.shape[0], self.n_pseudo
         rows = torch.arange(c.shape[0], device=c.device)
         first = torch.full((u,), c.shape[0], device=c.device, dtype=rows.dtype)
         first = first.scatter_reduce(0, inverse, rows, reduce="amin")

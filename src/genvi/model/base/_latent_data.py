@@ -12,6 +12,14 @@ from genvi.module._latent_prior import LATENT_LOC_KEY, LATENT_SCALE_KEY
 
 
 class _LatentDataset(Dataset):
+    """Rows of in-memory tensors, fetched a whole minibatch at a time.
+
+    ``DataLoader`` calls :meth:`__getitems__` with the minibatch's indices (PyTorch >= 2.0),
+    so a batch costs one indexing operation per tensor instead of one dictionary per cell
+    and a collation. Samplers (shuffling, Lightning's ``DistributedSampler``) still work on
+    cell indices, so minibatches hold the same cells in the same order as before.
+    """
+
     def __init__(self, tensors: dict[str, torch.Tensor]):
         self.tensors = tensors
         self.n = next(iter(tensors.values())).shape[0]
@@ -21,6 +29,15 @@ class _LatentDataset(Dataset):
 
     def __getitem__(self, i):
         return {k: v[i] for k, v in self.tensors.items()}
+
+    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+def _as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Collation of :meth:`_LatentDataset.__getitems__` output: already a batch."""
+    return batch
 
 
 class LatentDataModule(pl.LightningDataModule):
@@ -79,10 +96,14 @@ class LatentDataModule(pl.LightningDataModule):
         # drop a last batch of one cell: it adds noise and nothing else
         drop_last = self.n_train % self.batch_size == 1
         return DataLoader(
-            self._train, batch_size=self.batch_size, shuffle=True, drop_last=drop_last
+            self._train,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            collate_fn=_as_batch,
         )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.n_val == 0:
             return []
-        return DataLoader(self._val, batch_size=self.batch_size)
+        return DataLoader(self._val, batch_size=self.batch_size, collate_fn=_as_batch)

@@ -205,7 +205,9 @@ class LatentPriorModel(
             most 2,000 epochs): denoising objectives need many steps, and small data sets
             have few steps per epoch.
         batch_size
-            Minibatch size.
+            Cells per minibatch. Under DDP (``devices=N``) this is per process, as in
+            scvi-tools: each optimizer step averages the gradients of N x ``batch_size``
+            cells. The default number of epochs counts steps of one process.
         train_size
             Fraction of cells for training; the rest gives the validation loss.
         accelerator, devices

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy
@@ -23,16 +22,21 @@ class GenviTrainingPlan(TrainingPlan):
     - Puts the module in train mode at every fit (Lightning 2.6 no longer does this and
       scvi-tools calls ``module.eval()`` after training and loading, so a second ``train()``
       call would otherwise run with dropout off).
-    - Stops at the first NaN / infinite loss with :class:`NonFiniteLossError` naming the
-      likely causes, instead of training on to a model of NaN weights.
+    - Stops at a NaN / infinite loss with :class:`NonFiniteLossError` naming the likely
+      causes, instead of training on to a model of NaN weights. The loss is checked every
+      ``log_every_n_steps`` optimizer steps (Lightning's ``Trainer`` argument; scvi-tools
+      sets 10) and at the end of every epoch, not at every step: reading a GPU value on the
+      host waits for the GPU, and a NaN loss stays NaN once the weights are NaN.
     - Distributed data parallel (any Lightning ``DDPStrategy``: ``strategy="ddp"``,
       ``"ddp_spawn"``, ``"ddp_notebook"``..., or ``devices > 1`` with no strategy): see
       :func:`configure_distributed`.
     """
 
+    _last_loss: torch.Tensor | None = None
+
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
-        configure_distributed(self.trainer)
+        configure_distributed(self.trainer, self)
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -40,8 +44,23 @@ class GenviTrainingPlan(TrainingPlan):
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
-        check_finite_loss(self, loss)
+        self._last_loss = loss.detach()
+        every = finite_check_interval(self.trainer)
+        if self.global_step % every == 0:
+            check_finite_loss(self, self._last_loss, every)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if self._last_loss is not None:  # the epoch's last step, whatever the interval
+            check_finite_loss(self, self._last_loss, finite_check_interval(self.trainer))
+            self._last_loss = None
+
+
+def finite_check_interval(trainer) -> int:
+    """Optimizer steps between two finiteness checks: the trainer's ``log_every_n_steps``."""
+    every = getattr(trainer, "log_every_n_steps", None) if trainer is not None else None
+    return max(1, int(every or 1))
 
 
 class LatentPriorTrainingPlan(GenviTrainingPlan):
@@ -64,8 +83,12 @@ class LatentPriorTrainingPlan(GenviTrainingPlan):
         )
 
 
-def check_finite_loss(plan, loss: torch.Tensor) -> None:
-    """Raise :class:`NonFiniteLossError` (on every process) if ``loss`` is NaN or infinite."""
+def check_finite_loss(plan, loss: torch.Tensor, every: int = 1) -> None:
+    """Raise :class:`NonFiniteLossError` (on every process) if ``loss`` is NaN or infinite.
+
+    Under DDP every process calls this at the same step and the decision is all-reduced
+    (any process with a non-finite loss stops all of them).
+    """
     bad = not bool(torch.isfinite(loss.detach()).all())
     trainer = plan.trainer
     if trainer is not None and trainer.world_size > 1:
@@ -75,12 +98,13 @@ def check_finite_loss(plan, loss: torch.Tensor) -> None:
     lr = None
     with contextlib.suppress(AttributeError, IndexError, KeyError, RuntimeError, TypeError):
         lr = plan.optimizers().param_groups[0]["lr"]
+    checked = f" (checked every {every} steps)" if every > 1 else ""
     raise NonFiniteLossError(
         f"Training stopped: the loss became {float(loss.detach()):.4g} at epoch "
-        f"{plan.current_epoch}, step {plan.global_step}. Likely causes: (1) a learning rate "
-        f"too high for these data (lr={lr}): retry with e.g. plan_kwargs={{'lr': 1e-4}} and/or "
-        "train(..., gradient_clip_val=10); (2) continuous covariates on a large scale (e.g. "
-        "raw counts or ages in days): standardise them (zero mean, unit variance) before "
+        f"{plan.current_epoch}, step {plan.global_step}{checked}. Likely causes: (1) a learning "
+        f"rate too high for these data (lr={lr}): retry with e.g. plan_kwargs={{'lr': 1e-4}} "
+        "and/or train(..., gradient_clip_val=10); (2) continuous covariates on a large scale "
+        "(e.g. raw counts or ages in days): standardise them (zero mean, unit variance) before "
         "setup_anndata; (3) data that are not raw counts (normalised, log-transformed or "
         "scaled values, or huge outliers) under a count likelihood: pass raw integer counts "
         "(layer='counts') or use gene_likelihood='normal'; (4) cells with extreme library "
@@ -88,19 +112,21 @@ def check_finite_loss(plan, loss: torch.Tensor) -> None:
     )
 
 
-def configure_distributed(trainer) -> None:
+def configure_distributed(trainer, plan=None) -> None:
     """Make a Lightning DDP run of an scvi-tools data module correct; no-op on one process.
 
     Called at ``setup`` (before Lightning wraps the module in
     :class:`~torch.nn.parallel.DistributedDataParallel`) in every process:
 
-    - ``find_unused_parameters=True`` unless set explicitly: genvi and scvi modules have
-      parameters that some steps do not use (null condition tokens, priors...), and plain
-      ``strategy="ddp"`` fails on them.
-    - ``batch_size`` given to ``train`` is the **global** minibatch: each of the N processes
-      loads ``ceil(batch_size / N)`` cells, and gradients are averaged across processes, so
-      the optimisation (steps per epoch, learning rate, KL warm-up) matches a
-      single-process run.
+    - ``find_unused_parameters``, unless set explicitly, is decided by one dry
+      forward/backward pass of the training loss on a training minibatch (random state,
+      gradients and buffers such as BatchNorm statistics restored afterwards): ``True`` only
+      if some trainable parameter received no gradient, so the per-step search for unused
+      parameters is skipped when there are none. genvi's modules freeze the heads their
+      configuration never uses (e.g. the zero-inflation head under a negative binomial).
+    - ``batch_size`` given to ``train`` means cells **per process**, as in scvi-tools: with N
+      processes each optimizer step averages the gradients of N x ``batch_size`` cells (and
+      an epoch has N times fewer steps than on one process).
     - scvi-tools' data module shards the cells across processes even when DDP was chosen by
       Lightning (``devices > 1`` without a strategy), where scvi-tools would otherwise crash
       (its batch sampler wrapped a second time).
@@ -108,35 +134,64 @@ def configure_distributed(trainer) -> None:
     if trainer is None:
         return
     strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy):
-        kwargs = strategy._ddp_kwargs  # read by DDPStrategy when it wraps the module
-        if "find_unused_parameters" not in kwargs:
-            kwargs["find_unused_parameters"] = True
-    world = int(trainer.world_size)
-    if world <= 1:
+    if not isinstance(strategy, DDPStrategy):
         return
     datamodule = trainer.datamodule
-    if datamodule is None:
-        return
     loader_kwargs = getattr(datamodule, "data_loader_kwargs", None)
-    if isinstance(loader_kwargs, dict):  # scvi-tools DataSplitter
-        if not hasattr(datamodule, "_genvi_global_batch_size"):
-            datamodule._genvi_global_batch_size = loader_kwargs.get("batch_size") or 128
-        global_batch = datamodule._genvi_global_batch_size
-        loader_kwargs["batch_size"] = math.ceil(global_batch / world)
+    if int(trainer.world_size) > 1 and isinstance(loader_kwargs, dict):  # scvi DataSplitter
         loader_kwargs["distributed_sampler"] = True
-    elif hasattr(datamodule, "batch_size"):  # genvi LatentDataModule (plain DataLoaders)
-        if not hasattr(datamodule, "_genvi_global_batch_size"):
-            datamodule._genvi_global_batch_size = datamodule.batch_size
-        datamodule.batch_size = math.ceil(datamodule._genvi_global_batch_size / world)
-    else:
-        return
-    logger.info(
-        "DDP on %d processes: global batch %d, %d cells per process",
-        world,
-        datamodule._genvi_global_batch_size,
-        math.ceil(datamodule._genvi_global_batch_size / world),
-    )
+    # Lightning reads DDPStrategy._ddp_kwargs when it wraps the module (after this hook);
+    # there is no public way to set it on a strategy given by name ("ddp")
+    kwargs = getattr(strategy, "_ddp_kwargs", None)
+    if isinstance(kwargs, dict) and "find_unused_parameters" not in kwargs:
+        unused = unused_parameters(plan, datamodule)
+        find = unused is None or bool(unused)
+        if int(trainer.world_size) > 1:  # one decision for every process
+            find = bool(strategy.reduce_boolean_decision(find, all=False))
+        kwargs["find_unused_parameters"] = find
+        logger.info(
+            "DDP: find_unused_parameters=%s (%s)",
+            find,
+            "no dry run" if unused is None else f"unused: {unused or 'none'}",
+        )
+
+
+def unused_parameters(plan, datamodule) -> list[str] | None:
+    """Trainable parameters of ``plan.module`` that one training step leaves without gradient.
+
+    One forward/backward pass of the training loss on the first training minibatch; random
+    state, existing gradients and buffers (BatchNorm statistics) are restored. ``None`` when
+    no minibatch can be drawn or the pass fails (then DDP must search every step).
+    """
+    if plan is None or datamodule is None:
+        return None
+    module = plan.module
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    grads = {n: p.grad for n, p in params.items()}
+    buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+    was_training = module.training
+    dev = next(iter(params.values())).device if params else torch.device("cpu")
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    try:  # any failure means "unknown" (search every step), never a crash here
+        for p in params.values():
+            p.grad = None
+        # the loader's shuffling draws from the global generator too: fork it first
+        with torch.random.fork_rng(devices=devices):
+            batch = next(iter(datamodule.train_dataloader()))
+            module.train()
+            _, _, out = module(batch, loss_kwargs=dict(plan.loss_kwargs))
+            out.loss.backward()
+        return sorted(n for n, p in params.items() if p.grad is None)
+    except Exception as err:
+        logger.info("DDP dry run failed (%s); searching for unused parameters every step", err)
+        return None
+    finally:
+        for n, p in params.items():
+            p.grad = grads[n]
+        with torch.no_grad():
+            for n, b in module.named_buffers():
+                b.copy_(buffers[n])
+        module.train(was_training)
 
 
 def default_kl_warmup(max_epochs: int) -> int:

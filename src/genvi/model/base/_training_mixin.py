@@ -29,7 +29,9 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
             Epochs over which the KL weight rises from 0 to 1 (a quarter of ``max_epochs`` by
             default; scvi-tools' default of 400 would never finish warming up on large data).
         batch_size
-            Minibatch size.
+            Cells per minibatch. Under DDP (``devices=N``) this is per process, as in
+            scvi-tools: each optimizer step averages the gradients of N x ``batch_size``
+            cells, and an epoch has N times fewer steps than on one process.
         plan_kwargs
             Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
         **kwargs
