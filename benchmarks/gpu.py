@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, markdown_table, quiet, write_json  # noqa: E402
+from scale import build_model  # noqa: E402  (same models and sizes as the CPU ratios)
 
 MODELS = ("SCVI", "PriorVI", "DisentVI")
 GOALS = {
@@ -75,24 +76,6 @@ def simulate_on_device(n_cells: int, n_genes: int, device, seed: int = 0, chunk:
     )
     var = pd.DataFrame(index=[f"g{i}" for i in range(n_genes)])
     return ad.AnnData(sparse.vstack(blocks, format="csr"), obs=obs, var=var)
-
-
-def build_model(name: str, adata, n_hidden: int, n_latent: int):
-    """One of :data:`MODELS` on ``adata`` (cell type as condition, batch as nuisance)."""
-    import scvi
-
-    import genvi
-
-    if name == "PriorVI":
-        genvi.model.PriorVI.setup_anndata(adata, condition_keys=["cell_type"], batch_key="batch")
-        return genvi.model.PriorVI(adata, n_latent=n_latent, n_hidden=n_hidden)
-    if name == "DisentVI":
-        genvi.model.DisentVI.setup_anndata(
-            adata, categorical_attributes=["cell_type"], batch_key="batch"
-        )
-        return genvi.model.DisentVI(adata, n_latent=n_latent, n_hidden=n_hidden)
-    scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
-    return scvi.model.SCVI(adata, n_latent=n_latent, n_hidden=n_hidden)
 
 
 def throughput_callback(warmup: int, sync):
@@ -163,8 +146,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=220, help="minibatches trained per round")
     p.add_argument("--warmup", type=int, default=20, help="minibatches not timed per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--n-hidden", type=int, default=128)
-    p.add_argument("--n-latent", type=int, default=10)
     p.add_argument("--latent-cells", type=int, default=1_000_000)
     p.add_argument("--generate-cells", type=int, default=200_000)
     p.add_argument("--seed", type=int, default=0)
@@ -221,7 +202,7 @@ def main(argv=None) -> None:
     models = {}
     for name in MODELS:
         t0 = time.perf_counter()
-        models[name] = build_model(name, adata, args.n_hidden, args.n_latent)
+        models[name] = build_model(name, adata)
         print(f"{name}: set up in {time.perf_counter() - t0:.1f} s", flush=True)
     rounds, peaks = [], {name: 0.0 for name in MODELS}
     for r in range(args.rounds):
