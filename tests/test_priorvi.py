@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -216,6 +218,12 @@ def test_second_train_call_runs_in_train_mode(tiny):
     model.module.eval()  # what scvi-tools does after train() and load()
     quiet_train(model, max_epochs=1, callbacks=[Record()])
     assert Record.modes and all(Record.modes)
+    # and Lightning does not warn about modules left in eval mode by the previous call
+    model.module.eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=1, enable_progress_bar=False)
+    assert not [w for w in caught if "eval mode" in str(w.message)]
 
 
 @pytest.mark.parametrize("likelihood", ["zinb", "poisson", "normal"])

@@ -38,6 +38,12 @@ class GenviTrainingPlan(TrainingPlan):
         super().setup(stage)
         configure_distributed(self.trainer, self)
 
+    def on_fit_start(self) -> None:
+        # before Lightning checks for modules in eval mode (its "Found N module(s) in eval
+        # mode" warning on every second train() call); on_train_start comes after that check
+        super().on_fit_start()
+        self.module.train()
+
     def on_train_start(self) -> None:
         super().on_train_start()
         self.module.train()
