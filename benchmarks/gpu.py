@@ -34,7 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, markdown_table, quiet, write_json  # noqa: E402
-from scale import build_model  # noqa: E402  (same models and sizes as the CPU ratios)
+from scale import (  # noqa: E402  (same data design, models and sizes as the CPU ratios)
+    build_model,
+    counts_anndata,
+    simulation_design,
+)
 
 MODELS = ("SCVI", "PriorVI", "DisentVI")
 GOALS = {
@@ -46,36 +50,30 @@ GOALS = {
 
 
 def simulate_on_device(n_cells: int, n_genes: int, device, seed: int = 0, chunk: int = 50_000):
-    """CSR AnnData of NB-like counts (Poisson-Gamma, 8 cell-type programmes, ~600 counts/cell)."""
-    import anndata as ad
-    import pandas as pd
+    """``scale.py``'s NB-like counts (Poisson-Gamma, 8 programmes), drawn on ``device``.
+
+    Same design as :func:`scale.simulate_counts`; the per-cell draws run on the device (the
+    Gamma noise from torch's global generator, seeded by the caller), then each chunk becomes
+    a CSR block on the host.
+    """
     import torch
     from scipy import sparse
 
     gen = torch.Generator(device=device).manual_seed(seed)
     rng = np.random.default_rng(seed)
-    n_types = 8
-    base = rng.gamma(0.3, 1.0, n_genes)
-    programmes = base * np.exp(rng.normal(0, 1.0, (n_types, n_genes)))
-    programmes /= programmes.sum(1, keepdims=True)
+    programmes, types = simulation_design(rng, n_cells, n_genes)
     prog = torch.as_tensor(programmes, dtype=torch.float32, device=device)
-    types = rng.integers(0, n_types, n_cells)
+    # parameters on the device, so the noise is drawn there (not on the host, then copied)
+    four = torch.tensor(4.0, device=device)
+    noise_dist = torch.distributions.Gamma(four, four)
     blocks = []
     for start in range(0, n_cells, chunk):
         t = torch.as_tensor(types[start : start + chunk], device=device)
         lib = torch.exp(np.log(600) + 0.4 * torch.randn(len(t), 1, generator=gen, device=device))
-        noise = torch.distributions.Gamma(4.0, 4.0).sample((len(t), n_genes)).to(device)
+        noise = noise_dist.sample((len(t), n_genes))
         counts = torch.poisson(prog[t] * lib * noise, generator=gen)
         blocks.append(sparse.csr_matrix(counts.cpu().numpy()))
-    obs = pd.DataFrame(
-        {
-            "cell_type": pd.Categorical([f"type_{i}" for i in types]),
-            "batch": pd.Categorical(rng.choice(["b0", "b1"], n_cells)),
-        },
-        index=[f"c{i}" for i in range(n_cells)],
-    )
-    var = pd.DataFrame(index=[f"g{i}" for i in range(n_genes)])
-    return ad.AnnData(sparse.vstack(blocks, format="csr"), obs=obs, var=var)
+    return counts_anndata(blocks, types, rng)
 
 
 def throughput_callback(warmup: int, sync):

@@ -66,24 +66,21 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def simulate_counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0):
-    """Sparse NB-like counts with 8 cell types; returns a CSR AnnData (fast at 1M cells)."""
+def simulation_design(rng: np.random.Generator, n_cells: int, n_genes: int, n_types: int = 8):
+    """Cell-type expression programmes (rows sum to 1) and each cell's type."""
+    base = rng.gamma(0.3, 1.0, n_genes)
+    programmes = base * np.exp(rng.normal(0, 1.0, (n_types, n_genes)))
+    programmes /= programmes.sum(1, keepdims=True)
+    return programmes, rng.integers(0, n_types, n_cells)
+
+
+def counts_anndata(blocks: list, types: np.ndarray, rng: np.random.Generator):
+    """CSR AnnData of stacked count blocks, the cells' types and a random batch (b0 / b1)."""
     import anndata as ad
     import pandas as pd
     from scipy import sparse
 
-    rng = np.random.default_rng(seed)
-    n_types = 8
-    base = rng.gamma(0.3, 1.0, n_genes)
-    programmes = base * np.exp(rng.normal(0, 1.0, (n_types, n_genes)))
-    programmes /= programmes.sum(1, keepdims=True)
-    types = rng.integers(0, n_types, n_cells)
-    blocks = []
-    for start in range(0, n_cells, 20_000):
-        t = types[start : start + 20_000]
-        lib = rng.lognormal(np.log(600), 0.4, len(t))[:, None]
-        rate = programmes[t] * lib * rng.gamma(4.0, 0.25, (len(t), n_genes))
-        blocks.append(sparse.csr_matrix(rng.poisson(rate).astype(np.float32)))
+    n_cells, n_genes = len(types), blocks[0].shape[1]
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical([f"type_{i}" for i in types]),
@@ -93,6 +90,21 @@ def simulate_counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0):
     )
     var = pd.DataFrame(index=[f"g{i}" for i in range(n_genes)])
     return ad.AnnData(sparse.vstack(blocks, format="csr"), obs=obs, var=var)
+
+
+def simulate_counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0):
+    """Sparse NB-like counts with 8 cell types; returns a CSR AnnData (fast at 1M cells)."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    programmes, types = simulation_design(rng, n_cells, n_genes)
+    blocks = []
+    for start in range(0, n_cells, 20_000):
+        t = types[start : start + 20_000]
+        lib = rng.lognormal(np.log(600), 0.4, len(t))[:, None]
+        rate = programmes[t] * lib * rng.gamma(4.0, 0.25, (len(t), n_genes))
+        blocks.append(sparse.csr_matrix(rng.poisson(rate).astype(np.float32)))
+    return counts_anndata(blocks, types, rng)
 
 
 class _BatchTimer:
