@@ -39,13 +39,9 @@ class GenviTrainingPlan(TrainingPlan):
         configure_distributed(self.trainer, self)
 
     def on_fit_start(self) -> None:
-        # before Lightning checks for modules in eval mode (its "Found N module(s) in eval
-        # mode" warning on every second train() call); on_train_start comes after that check
+        # here, not in on_train_start: Lightning checks for modules in eval mode (its "Found N
+        # module(s) in eval mode" warning) between the two hooks
         super().on_fit_start()
-        self.module.train()
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
         self.module.train()
 
     def training_step(self, batch, batch_idx):
