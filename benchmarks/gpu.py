@@ -225,6 +225,18 @@ def main(argv=None) -> None:
             "peak_gpu_mb": peaks[name] if accel == "gpu" else None,
         }
 
+    # partial result first: a run stopped later (the device call's limit) keeps its training numbers
+    write_json(
+        {
+            "benchmark": "gpu",
+            "partial": True,
+            "device": torch.cuda.get_device_name(0) if accel == "gpu" else "cpu",
+            "training": train,
+            "training_rounds": rounds,
+            "machine": machine_info(),
+        },
+        args.out,
+    )
     prior = models["PriorVI"]
     latents_per_s = latent_throughput(prior, args.latent_cells, 65_536, sync)
     latent_peak = peak_mb()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -95,8 +96,13 @@ class GenerationMixin:
         batch_size: int,
         sample_kwargs: dict | None = None,
         progress: bool = False,
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(counts, latents)`` for ``batch_size`` cells at a time, on the CPU."""
+        as_csr: bool = False,
+    ) -> Iterator[tuple[np.ndarray | sparse.csr_matrix, np.ndarray]]:
+        """Yield ``(counts, latents)`` for ``batch_size`` cells at a time, on the CPU.
+
+        With ``as_csr``, counts come as CSR matrices, made on the model's device: only the
+        non-zeros cross to the host.
+        """
         rows, cat, cont, keep = prep["rows"], prep["cat"], prep["cont"], prep["keep"]
         dev = self.module.device
         starts = range(0, len(rows), batch_size)
@@ -116,7 +122,8 @@ class GenerationMixin:
                     torch.as_tensor(prep["batch"][sl], device=dev).unsqueeze(-1),
                     prep["ref"][sl],
                 )
-                x = px.sample().cpu().numpy().astype(np.float32, copy=False)
+                x = px.sample().to(torch.float32)
+                x = _host_csr(x) if as_csr else x.cpu().numpy()
             yield x, z.cpu().numpy()
 
     def _simulate_cells(
@@ -130,17 +137,21 @@ class GenerationMixin:
         sample_kwargs: dict | None = None,
         progress: bool = False,
         latents: np.ndarray | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Sample latents (unless given), library sizes and observations; arrays on the CPU."""
+        as_csr: bool = False,
+    ) -> dict[str, np.ndarray | sparse.csr_matrix]:
+        """Sample latents (unless given), library sizes and observations; arrays on the CPU.
+
+        ``x`` is dense, or CSR with ``as_csr`` (see :meth:`_iter_cells`).
+        """
         prep = self._prepare_cells(specs, n_cells, library_size, batch, rng)
         if latents is not None:
             prep["latents"] = latents
         xs, zs = [], []
-        for x, z in self._iter_cells(prep, batch_size, sample_kwargs, progress):
+        for x, z in self._iter_cells(prep, batch_size, sample_kwargs, progress, as_csr):
             xs.append(x)
             zs.append(z)
         return {
-            "x": np.concatenate(xs).astype(np.float32),
+            "x": sparse.vstack(xs, format="csr") if as_csr else np.concatenate(xs),
             "z": np.concatenate(zs),
             "library": prep["library"],
             "batch": prep["batch"],
@@ -203,8 +214,9 @@ class GenerationMixin:
 
         Notes
         -----
-        Memory. In memory, a cohort costs its dense count chunks while decoding plus the
-        final CSR matrix (~8 bytes per non-zero count). With ``out=...`` each decoded batch
+        Memory. In memory, a cohort costs one dense chunk of ``batch_size`` cells on the
+        model's device (each chunk is compressed to CSR there) plus its CSR matrix (~8 bytes
+        per non-zero count, twice while the chunks are stacked). With ``out=...`` each decoded batch
         is appended to the file's on-disk CSR matrix (anndata's sparse ``append``, in
         writes of ~16k cells), so memory stays flat in ``n_cells``: one write chunk plus
         ``obs`` and a few numbers per cell (~50 bytes). The file is written under a
@@ -313,7 +325,7 @@ class GenerationMixin:
                     obs,
                     var,
                     {"genvi": uns},
-                    self._iter_cells(prep, batch_size, sample_kwargs, progress),
+                    self._iter_cells(prep, batch_size, sample_kwargs, progress, as_csr=True),
                 )
                 return read_backed(out)
             sim = self._simulate_cells(
@@ -326,10 +338,9 @@ class GenerationMixin:
                 sample_kwargs,
                 progress,
                 latents=latents,
+                as_csr=True,
             )
-        adata = AnnData(
-            X=sparse.csr_matrix(sim["x"]), obs=self._generated_obs(specs, counts, sim), var=var
-        )
+        adata = AnnData(X=sim["x"], obs=self._generated_obs(specs, counts, sim), var=var)
         adata.obsm["X_genvi_latent"] = sim["z"]
         adata.uns["genvi"] = uns
         return adata
@@ -346,6 +357,22 @@ class GenerationMixin:
         )
         obs.index = [f"gen_{i}" for i in range(len(obs))]
         return obs
+
+
+def _host_csr(x: torch.Tensor) -> sparse.csr_matrix:
+    """Dense ``(cells, genes)`` tensor as a host CSR matrix, compressed where ``x`` lives.
+
+    On a GPU this moves only the non-zeros (~15% of sampled counts) and skips the host's
+    dense-to-CSR pass, which dominated generation time (28k cells/s on an H200).
+    """
+    with warnings.catch_warnings():
+        # torch flags its sparse CSR layout as beta; only its dense -> CSR conversion is used
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        s = x.to_sparse_csr()
+    return sparse.csr_matrix(
+        (s.values().cpu().numpy(), s.col_indices().cpu().numpy(), s.crow_indices().cpu().numpy()),
+        shape=tuple(x.shape),
+    )
 
 
 def _check_out_path(out: str | os.PathLike) -> str:
