@@ -226,6 +226,34 @@ def test_second_train_call_runs_in_train_mode(tiny):
     assert not [w for w in caught if "eval mode" in str(w.message)]
 
 
+def test_dispersion_learns_the_true_dispersion():
+    """Issue #20's cause: at the common learning rate, Adam's per-step bound left each gene's
+    log inverse dispersion at its random N(0, 1) start; the faster dispersion group recovers the
+    simulator's per-gene theta in the same number of steps."""
+    from scipy.stats import spearmanr
+
+    from genvi.model.base import GenviTrainingPlan
+
+    adata = genvi.data.simulate(n_cells=800, n_genes=100, seed=0)
+    log_theta = np.log(np.asarray(adata.uns["simulation"]["theta"]))
+    PriorVI.setup_anndata(adata, condition_keys=["cell_type", "treatment"])
+    rho, px_r = {}, {}
+    for factor in (1, 10, None):  # None: PriorVI's default
+        scvi.settings.seed = 0
+        model = PriorVI(adata)
+        start = model.module.px_r.detach().clone().numpy()
+        plan = {} if factor is None else {"dispersion_lr_factor": factor}
+        quiet_train(model, max_epochs=60, batch_size=128, plan_kwargs=plan)
+        px_r[factor] = model.module.px_r.detach().numpy()
+        rho[factor] = spearmanr(px_r[factor], log_theta)[0]
+        if factor == 1:  # the cause: still its random start
+            assert spearmanr(px_r[factor], start)[0] > 0.9
+    assert rho[10] > 0.5 and rho[1] < 0.1, rho
+    np.testing.assert_array_equal(px_r[None], px_r[10])
+    with pytest.raises(ValueError, match="dispersion_lr_factor"):
+        GenviTrainingPlan(model.module, dispersion_lr_factor=0)
+
+
 @pytest.mark.parametrize("likelihood", ["zinb", "poisson", "normal"])
 def test_other_likelihoods_train_and_generate(tiny, likelihood):
     adata = tiny.copy()

@@ -79,6 +79,9 @@ class PriorVI(CountModelBase):
     """
 
     _module_cls = PriorVAE
+    # the per-gene dispersion learns 10x faster (issue #20, pbmc3k: variance R² 0.47 -> 0.67,
+    # classifier AUROC 0.76 -> 0.60, energy 0.53 -> 0.15 at 100 epochs)
+    _dispersion_lr_factor = 10.0
 
     def __init__(
         self,

@@ -11,6 +11,11 @@ from scvi.train import TrainingPlan
 
 logger = logging.getLogger(__name__)
 
+#: The free dispersion parameters of genvi's count modules, by name: log inverse dispersion
+#: per gene (or gene and batch), and its per-attribute / per-condition offsets. "gene-cell"
+#: dispersions come from a decoder layer and are not among them.
+DISPERSION_PARAMS = ("px_r", "px_r_attribute.weight", "dispersion_condition.weight")
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
@@ -30,9 +35,53 @@ class GenviTrainingPlan(TrainingPlan):
     - Distributed data parallel (any Lightning ``DDPStrategy``: ``strategy="ddp"``,
       ``"ddp_spawn"``, ``"ddp_notebook"``..., or ``devices > 1`` with no strategy): see
       :func:`configure_distributed`.
+    - The free per-gene dispersion parameters (:data:`DISPERSION_PARAMS`) learn with
+      ``dispersion_lr_factor`` times the learning rate (Adam and AdamW). Adam moves a
+      parameter by at most about ``lr`` per step, and a gene's log inverse dispersion starts
+      at a random N(0, 1) draw (scvi-tools' initialisation) with 1-4 units to travel: at
+      ``lr=1e-3`` it barely leaves its random start in the ~1,700 steps of 100 epochs on
+      pbmc3k, and sampled cells get the wrong per-gene variance (issue #20: PriorVI's variance
+      R² 0.47 vs 0.67 with the factor 10, classifier AUROC 0.76 vs 0.60). Each model sets its
+      measured default (:attr:`KLWarmupTrainingMixin._dispersion_lr_factor`).
+
+    Parameters
+    ----------
+    module
+        The module to train.
+    dispersion_lr_factor
+        Learning-rate multiplier of the dispersion parameters; ``1`` (here) trains them like
+        every other weight, as scvi-tools does. Pass it as ``train(plan_kwargs={...})``.
+    **kwargs
+        Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
     """
 
     _last_loss: torch.Tensor | None = None
+
+    def __init__(self, module, *, dispersion_lr_factor: float = 1.0, **kwargs) -> None:
+        super().__init__(module, **kwargs)
+        if not (dispersion_lr_factor > 0 and dispersion_lr_factor < float("inf")):
+            raise ValueError(
+                f"dispersion_lr_factor must be a positive number, got {dispersion_lr_factor!r}."
+            )
+        self.dispersion_lr_factor = float(dispersion_lr_factor)
+
+    def get_optimizer_creator(self):
+        """scvi-tools' optimizer, with the dispersion parameters in a faster group."""
+        creator = super().get_optimizer_creator()
+        factor = self.dispersion_lr_factor
+        fast = {id(p) for name, p in self.module.named_parameters() if name in DISPERSION_PARAMS}
+        if factor == 1 or not fast or self.optimizer_name not in ("Adam", "AdamW"):
+            return creator
+
+        def grouped(params):
+            params = list(params)
+            groups = [
+                {"params": [p for p in params if id(p) not in fast]},
+                {"params": [p for p in params if id(p) in fast], "lr": self.lr * factor},
+            ]
+            return creator([g for g in groups if g["params"]])
+
+        return grouped
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)

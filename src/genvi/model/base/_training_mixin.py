@@ -11,6 +11,11 @@ from genvi.model.base._training import default_kl_warmup
 class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
     """``train()`` with a KL warm-up of a quarter of the epochs by default."""
 
+    #: Default learning-rate multiplier of the dispersion parameters (see
+    #: :class:`~genvi.model.base.GenviTrainingPlan`); a model raises it where it was measured
+    #: to help (PriorVI), the others keep scvi-tools' single learning rate.
+    _dispersion_lr_factor: float = 1.0
+
     def train(
         self,
         max_epochs: int | None = None,
@@ -33,7 +38,10 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
             scvi-tools: each optimizer step averages the gradients of N x ``batch_size``
             cells, and an epoch has N times fewer steps than on one process.
         plan_kwargs
-            Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
+            Passed to :class:`~genvi.model.base.GenviTrainingPlan` and on to
+            :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
+            ``dispersion_lr_factor`` multiplies the learning rate of the per-gene dispersion
+            (default: the model's, e.g. 10 for PriorVI; 1 = scvi-tools' behaviour).
         **kwargs
             Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's
             ``Trainer`` (``accelerator``, ``devices``, ``strategy``, ``early_stopping``...).
@@ -41,6 +49,7 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
         if max_epochs is None:
             max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
         plan_kwargs = dict(plan_kwargs or {})
+        plan_kwargs.setdefault("dispersion_lr_factor", self._dispersion_lr_factor)
         if "n_steps_kl_warmup" not in plan_kwargs:
             plan_kwargs.setdefault(
                 "n_epochs_kl_warmup",
