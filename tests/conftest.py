@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,6 +58,26 @@ def quiet_train(model, **kwargs):
         kwargs.setdefault("enable_progress_bar", False)
         model.train(**kwargs)
     return model
+
+
+def real_data_path(name: str, filename: str) -> Path | None:
+    """A real dataset from genvi's data folders or ``../shared/data`` beside this checkout."""
+    path = genvi.data.dataset_path(name)
+    if path is None:
+        beside = Path(__file__).resolve().parents[2] / "shared" / "data" / filename
+        path = beside if beside.is_file() else None
+    return path
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run the block on one torch thread (the real-data guards' measured setting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def stratified_split(labels, test_fraction: float = 0.2, seed: int = 0):

@@ -47,6 +47,7 @@ import numpy as np
 import pytest
 
 import genvi
+from conftest import one_torch_thread, real_data_path
 
 FILENAME = "kang_ifnb_muscat_subset.h5ad"
 HELD_OUT = "B cells"
@@ -58,12 +59,8 @@ FLOORS: dict[str, float] = {
 
 
 def kang_path() -> Path | None:
-    """The Kang file from genvi's data folders or ``../shared/data`` beside this checkout."""
-    path = genvi.data.dataset_path("kang_ifnb")
-    if path is None:
-        beside = Path(__file__).resolve().parents[2] / "shared" / "data" / FILENAME
-        path = beside if beside.is_file() else None
-    return path
+    """The file from genvi's data folders or ``../shared/data`` beside this checkout."""
+    return real_data_path("kang_ifnb", FILENAME)
 
 
 def fit_held_out(
@@ -119,14 +116,8 @@ def fit_held_out(
     reason=f"real-data guard: {FILENAME} not found in ../shared/data or GENVI_DATA_DIR",
 )
 def test_disentvi_kang_b_cells_counterfactual_guard():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         got = fit_held_out(seed=0)
-    finally:
-        torch.set_num_threads(threads)
     failed = {k: (round(got[k], 3), floor) for k, floor in FLOORS.items() if not got[k] > floor}
     assert not failed, f"below the floors (value, floor): {failed}; all: {got}"
     assert np.isfinite(list(got.values())).all()

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 import genvi
-from conftest import stratified_split
+from conftest import one_torch_thread, real_data_path, stratified_split
 
 FILENAME = "pbmc3k_labeled.h5ad"
 KEY = "cell_type_coarse"
@@ -42,12 +42,8 @@ BOUNDS = {"var_r2": (">", 0.69), "energy": ("<", 0.20), "c2st_auroc": ("<", 0.68
 
 
 def pbmc3k_path() -> Path | None:
-    """The pbmc3k file from genvi's data folders or ``../shared/data`` beside this checkout."""
-    path = genvi.data.dataset_path("pbmc3k")
-    if path is None:
-        beside = Path(__file__).resolve().parents[2] / "shared" / "data" / FILENAME
-        path = beside if beside.is_file() else None
-    return path
+    """The file from genvi's data folders or ``../shared/data`` beside this checkout."""
+    return real_data_path("pbmc3k", FILENAME)
 
 
 def fit_and_score(seed: int = 0, **plan_kwargs) -> dict[str, float]:
@@ -90,14 +86,8 @@ def fit_and_score(seed: int = 0, **plan_kwargs) -> dict[str, float]:
     reason=f"real-data guard: {FILENAME} not found in ../shared/data or GENVI_DATA_DIR",
 )
 def test_priorvi_pbmc3k_generation_guard():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         got = fit_and_score(seed=0)
-    finally:
-        torch.set_num_threads(threads)
     failed = {
         k: (round(got[k], 3), op, bound)
         for k, (op, bound) in BOUNDS.items()

@@ -23,12 +23,12 @@ def write_h5ad_stream(
     obs: pd.DataFrame,
     var: pd.DataFrame,
     uns: dict,
-    chunks: Iterable[tuple[np.ndarray | sparse.csr_matrix, np.ndarray]],
+    chunks: Iterable[tuple[sparse.csr_matrix, np.ndarray]],
     latent_key: str = "X_genvi_latent",
 ) -> str:
     """Write an AnnData whose ``X`` and latents arrive in row chunks, without holding them.
 
-    ``obs``, ``var`` and ``uns`` are written first; each ``(x, z)`` chunk of counts (dense or CSR)
+    ``obs``, ``var`` and ``uns`` are written first; each ``(x, z)`` chunk of CSR counts
     and latents is appended to a CSR ``X`` (anndata's on-disk sparse ``append``) and written
     into ``obsm[latent_key]``. Memory stays at one write chunk (about
     :data:`WRITE_CHUNK_CELLS` cells) plus ``obs``. The file is written under a temporary
@@ -86,9 +86,7 @@ def write_h5ad_stream(
                 buffered = 0
 
             for x, z in chunks:
-                # chunks come as CSR (made on the model's device) or dense arrays
-                x = x if sparse.issparse(x) else np.asarray(x, dtype=np.float32)
-                buf_x.append(sparse.csr_matrix(x, dtype=np.float32))
+                buf_x.append(x)
                 buf_z.append(np.asarray(z))
                 buffered += len(z)
                 if buffered >= WRITE_CHUNK_CELLS:
