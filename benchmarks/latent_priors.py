@@ -73,6 +73,12 @@ METHODS = {
     "scvi_flow": "LatentFlow on scVI (no conditions)",
     "priorvi_diffusion": "LatentDiffusion on PriorVI",
     "priorvi_flow": "LatentFlow on PriorVI",
+    "scvi_flow_own_disp": "LatentFlow on scVI, scVI's own dispersion (refit off)",
+    "priorvi_flow_refit": "LatentFlow on PriorVI, refitted dispersion (refit on)",
+    "scvi_postpred": "scVI posterior predictive (held-out cells encoded, decoded)",
+    "scvi_postpred_refit": "scVI posterior predictive, refitted dispersion",
+    "priorvi_postpred": "PriorVI posterior predictive",
+    "priorvi_postpred_refit": "PriorVI posterior predictive, refitted dispersion",
     "priorvi": "PriorVI (conditional Gaussian prior)",
     "scvi_cond": "scVI (N(0, I), condition in decoder)",
     "resample": "Resampled training cells",
@@ -138,6 +144,53 @@ def train_latent(cls, base, keys, epochs, seed) -> tuple[Any, float]:
 def generate(model, keys, n_cells, seed, **kwargs) -> ad.AnnData:
     specs = [dict(zip(keys, c, strict=True)) for c in n_cells]
     return model.generate(specs, n_cells=list(n_cells.values()), seed=seed, **kwargs)
+
+
+def dispersions(model, seed: int) -> dict[str, Any]:
+    """The base model's own dispersion (``None``) and the refitted one, as ``train`` fits it."""
+    from scvi import REGISTRY_KEYS
+
+    from genvi.model.base._dispersion import fit_dispersion
+
+    refit = model.dispersion_
+    if refit is None:
+        counts = model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        refit = fit_dispersion(model._adapter, model.adata, counts, seed=seed)
+    return {"own": None, "refit": refit}
+
+
+def with_dispersion(model, theta, fn):
+    """``fn()`` with the latent prior decoding with inverse dispersion ``theta``."""
+    saved = model.dispersion_
+    model.dispersion_ = theta
+    try:
+        return fn()
+    finally:
+        model.dispersion_ = saved
+
+
+def posterior_predictive(model, test: ad.AnnData, keys, seed: int) -> ad.AnnData:
+    """Held-out cells encoded by the base model (a posterior sample) and decoded by ``model``.
+
+    The reference a prior can at best reach with this decoder (issue #20): the latents are the
+    cells' own, the library sizes too; decoding goes through the latent prior, so it uses the
+    refitted dispersion where ``model.dispersion_`` holds one.
+    """
+    import scipy.sparse as sp
+    import torch
+
+    adapter = model._adapter
+    cells = test.copy()
+    loc, scale = adapter.latent_distribution(cells)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.as_tensor(loc) + torch.as_tensor(scale) * torch.randn(loc.shape, generator=gen)
+    lib = np.log(np.maximum(np.asarray(cells.X.sum(1)).ravel(), 1.0)).astype(np.float32)
+    inputs = {k: torch.as_tensor(v) for k, v in adapter.decoder_inputs(cells).items()}
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        px = model._decode_with_inputs(z, torch.as_tensor(lib).unsqueeze(-1), inputs)
+        x = px.sample().cpu().numpy()
+    return ad.AnnData(sp.csr_matrix(x), obs=test.obs[keys].copy(), var=test.var[[]].copy())
 
 
 def decode_pass_seconds(model, n: int, seed: int) -> float:
@@ -235,6 +288,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"training {METHODS[key]}...", flush=True)
             models[key], timings[key] = train_latent(cls, base, keys, args.latent_epochs, args.seed)
             synthetic[key] = generate(models[key], keys, n_cells, args.seed)
+        # the default decodes scVI with a refitted dispersion, PriorVI with its own: the
+        # other choice, and the posterior predictive (cells' own latents) with both
+        flow = models[f"{base_name}_flow"]
+        disp = dispersions(flow, args.seed)
+        other = "own" if flow.dispersion_ is not None else "refit"
+        synthetic[f"{base_name}_flow_{'own_disp' if other == 'own' else 'refit'}"] = (
+            with_dispersion(flow, disp[other], lambda f=flow: generate(f, keys, n_cells, args.seed))
+        )
+        for name, theta in (("postpred", disp["own"]), ("postpred_refit", disp["refit"])):
+            synthetic[f"{base_name}_{name}"] = with_dispersion(
+                flow, theta, lambda f=flow: posterior_predictive(f, test, keys, args.seed)
+            )
 
     summaries, tables = {}, {}
     for key, syn in synthetic.items():

@@ -232,6 +232,7 @@ def test_flow_on_priorvi_scores_unseen_type(sim, sim_split):
         LatentFlow.from_model(base, condition_keys=["treatment"], n_hidden=128),
         max_epochs=LATENT_EPOCHS,
     )
+    assert flow.dispersion_ is None  # PriorVI learns its own dispersion: not refitted by default
     gen = flow.generate({"treatment": "treated"}, 20, seed=0)
     assert gen.uns["genvi"]["base_model"] == "genvi.model.PriorVI"
     assert np.all(gen.X.data == np.round(gen.X.data))
@@ -261,3 +262,47 @@ def test_base_posterior_scale_is_a_standard_deviation(scvi_base):
         qz = scvi_base.module.inference(**scvi_base.module._get_inference_input(tensors))["qz"]
     np.testing.assert_allclose(loc, qz.loc.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scale, qz.scale.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_refit_dispersion_gives_generated_cells_the_true_variance(tmp_path):
+    """Issue #20's cause for latent priors on a user's scVI: scvi-tools' plan leaves each gene's
+    inverse dispersion near its random start, and the prior decodes with it. The prior refits it
+    with the base frozen (the base model unchanged) and recovers the simulator's dispersions;
+    generated cells then get per-gene variances closer to the true p(x | c)'s."""
+    from scipy.stats import spearmanr
+
+    sim = genvi.data.simulate(n_cells=800, n_genes=100, seed=0)
+    log_theta = np.log(np.asarray(sim.uns["simulation"]["theta"]))
+    adata = sim.copy()
+    scvi.settings.seed = 0
+    scvi.model.SCVI.setup_anndata(adata)
+    base = quiet_train(scvi.model.SCVI(adata, gene_likelihood="nb"), max_epochs=60, batch_size=128)
+    state = {k: v.clone() for k, v in base.module.state_dict().items()}
+    assert spearmanr(base.module.px_r.detach().numpy(), log_theta)[0] < 0.2  # the cause
+    models = {}
+    for refit in (False, True):
+        scvi.settings.seed = 0
+        model = LatentFlow.from_model(base, condition_keys=["cell_type", "treatment"], n_hidden=64)
+        # True: the default (None) for an scVI base, whose dispersion training leaves stale
+        models[refit] = quiet_train(
+            model, max_epochs=150, refit_dispersion=None if refit else False
+        )
+    assert models[False].dispersion_ is None
+    theta = models[True].dispersion_
+    assert theta.shape == (100, 1) and np.isfinite(theta).all()
+    assert spearmanr(np.log(theta[:, 0]), log_theta)[0] > 0.6
+    for k, v in base.module.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    errors = {True: [], False: []}
+    for i, c in enumerate(CONDITIONS):
+        truth = genvi.data.sample_truth(sim, c, 2000, seed=i).X.toarray()
+        expressed = truth.mean(0) > 0.5
+        true_var = np.log(truth.var(0)[expressed])
+        for refit, model in models.items():
+            gen = model.generate(c, 2000, seed=i).X.toarray()
+            errors[refit].append(np.abs(np.log(gen.var(0)[expressed] + 1e-8) - true_var).mean())
+    assert np.mean(errors[True]) < 0.8 * np.mean(errors[False]), errors
+    # the refitted dispersion travels with the saved model
+    models[True].save(tmp_path / "flow")
+    loaded = LatentFlow.load(tmp_path / "flow", adata=base.adata)
+    np.testing.assert_array_equal(loaded.dispersion_, theta)

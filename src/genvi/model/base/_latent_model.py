@@ -23,6 +23,7 @@ from genvi.model.base._conditioned import ConditionedModelMixin
 from genvi.model.base._conditions import Conditions
 from genvi.model.base._confidence import ConfidenceMixin
 from genvi.model.base._counterfactual import CounterfactualMixin
+from genvi.model.base._dispersion import cell_theta, fit_dispersion, replace_dispersion
 from genvi.model.base._generation import GenerationMixin
 from genvi.model.base._guidance import guidance_metadata, guidance_terms
 from genvi.model.base._latent_data import LatentDataModule
@@ -90,6 +91,7 @@ class LatentPriorModel(
         self.base_class_ = adapter.class_path
         self.base_fingerprint_ = adapter.fingerprint()
         self.latent_stats_set_ = False
+        self.dispersion_ = None
         self._store_training_reference()
         self._model_summary_string = (
             f"{type(self).__name__} on {type(base_model).__name__} "
@@ -194,6 +196,7 @@ class LatentPriorModel(
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict | None = None,
         latent_batch_size: int | None = None,
+        refit_dispersion: bool | None = None,
         **trainer_kwargs,
     ):
         """Train the prior on the base model's posterior latents of the registered cells.
@@ -216,6 +219,15 @@ class LatentPriorModel(
             Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
         latent_batch_size
             Cells per pass when encoding the data with the base model.
+        refit_dispersion
+            Re-estimate the base decoder's inverse dispersion (per gene, or per gene and batch)
+            by maximum likelihood on the registered cells (at most 1,024, encoder and decoder
+            frozen) and decode with it; the base model is not changed. ``None`` (default):
+            for an ``scvi.model.SCVI`` base, whose training plan leaves each gene's dispersion
+            near its random start (on pbmc3k, LatentFlow on scVI: energy 0.54 -> 0.19,
+            variance R² 0.33 -> 0.64; issue #20), not for a PriorVI, which learns its own
+            (refitting it raised the classifier AUROC there). No effect for Poisson / Normal
+            decoders or ``dispersion="gene-cell"``.
         **trainer_kwargs
             Passed to Lightning's ``Trainer`` (``strategy``, ``enable_progress_bar``...).
         """
@@ -232,6 +244,16 @@ class LatentPriorModel(
             max_epochs = int(
                 min(MAX_DEFAULT_EPOCHS, math.ceil(DEFAULT_TRAIN_STEPS / steps_per_epoch))
             )
+        self.dispersion_ = (
+            fit_dispersion(
+                self._adapter,
+                self.adata,
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+                seed=scvi.settings.seed or 0,
+            )
+            if (self._adapter.dispersion_is_stale if refit_dispersion is None else refit_dispersion)
+            else None
+        )
         plan = LatentPriorTrainingPlan(self.module, **(plan_kwargs or {}))
         trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
         runner = TrainRunner(
@@ -264,7 +286,11 @@ class LatentPriorModel(
     def _decode_with_inputs(self, z, log_library, inputs) -> Distribution:
         dev = self._adapter.device
         self.base_model.module.eval()  # a frozen base must not update BatchNorm statistics
-        return self._adapter.decode(z.to(dev), log_library.to(dev), inputs)
+        px = self._adapter.decode(z.to(dev), log_library.to(dev), inputs)
+        theta = getattr(self, "dispersion_", None)  # None: not refitted, or saved before it
+        if theta is None:
+            return px
+        return replace_dispersion(px, cell_theta(theta, inputs["batch"]))
 
     def _guidance_terms(self, guidance) -> list[tuple[torch.Tensor, float]]:
         """``None`` / a number / ``{key: weight}`` to (keys to drop, weight) pairs."""
