@@ -224,8 +224,8 @@ class LatentPriorModel(
             by maximum likelihood on the registered cells (at most 1,024, encoder and decoder
             frozen) and decode with it; the base model is not changed. ``None`` (default):
             for an ``scvi.model.SCVI`` base, whose training plan leaves each gene's dispersion
-            near its random start (on pbmc3k, LatentFlow on scVI: energy 0.54 -> 0.19,
-            variance R² 0.33 -> 0.64; issue #20), not for a PriorVI, which learns its own
+            near its random start (on pbmc3k, LatentFlow on scVI: energy 0.58 -> 0.19,
+            variance R² 0.31 -> 0.66; issue #20), not for a PriorVI, which learns its own
             (refitting it raised the classifier AUROC there). No effect for Poisson / Normal
             decoders or ``dispersion="gene-cell"``.
         **trainer_kwargs
