@@ -148,14 +148,9 @@ def generate(model, keys, n_cells, seed, **kwargs) -> ad.AnnData:
 
 def dispersions(model, seed: int) -> dict[str, Any]:
     """The base model's own dispersion (``None``) and the refitted one, as ``train`` fits it."""
-    from scvi import REGISTRY_KEYS
-
-    from genvi.model.base._dispersion import fit_dispersion
-
     refit = model.dispersion_
     if refit is None:
-        counts = model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        refit = fit_dispersion(model._adapter, model.adata, counts, seed=seed)
+        refit = model._fit_dispersion(*model._adapter.latent_distribution(model.adata), seed)
     return {"own": None, "refit": refit}
 
 

@@ -288,6 +288,10 @@ def test_refit_dispersion_gives_generated_cells_the_true_variance(tmp_path):
             model, max_epochs=150, refit_dispersion=None if refit else False
         )
     assert models[False].dispersion_ is None
+    # the refit draws from its own generator: the prior trains exactly as without it
+    refit_state = models[True].module.state_dict()
+    for k, v in models[False].module.state_dict().items():
+        torch.testing.assert_close(v, refit_state[k])
     theta = models[True].dispersion_
     assert theta.shape == (100, 1) and np.isfinite(theta).all()
     assert spearmanr(np.log(theta[:, 0]), log_theta)[0] > 0.6

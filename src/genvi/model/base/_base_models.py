@@ -63,19 +63,21 @@ class BaseModelAdapter:
         """The base decoder's likelihood."""
         return str(self.model.module.gene_likelihood)
 
-    @property
-    def dispersion(self) -> str:
-        """The base decoder's dispersion option (``"gene"``, ``"gene-batch"``...)."""
-        return str(getattr(self.model.module, "dispersion", "gene"))
-
     #: whether the base model's training leaves its inverse dispersion near its random start
     dispersion_is_stale = False
 
     @property
-    def n_dispersion_groups(self) -> int:
-        """Batches with their own inverse dispersion (1 unless ``dispersion="gene-batch"``)."""
+    def log_dispersion(self) -> torch.Tensor | None:
+        """The decoder's log inverse dispersion, ``(genes, groups)`` on the CPU.
+
+        One group for ``dispersion="gene"``, one per batch for ``"gene-batch"``; ``None``
+        where the decoder predicts it per cell (``"gene-cell"``).
+        """
         px_r = getattr(self.model.module, "px_r", None)
-        return int(px_r.shape[1]) if px_r is not None and px_r.ndim == 2 else 1
+        if px_r is None:
+            return None
+        px_r = px_r.detach().cpu()
+        return px_r.reshape(px_r.shape[0], -1)
 
     @property
     def device(self) -> torch.device:
@@ -84,13 +86,13 @@ class BaseModelAdapter:
 
     # ------------------------------------------------------------------ encode
     def latent_distribution(
-        self, adata: AnnData, batch_size: int | None = None, indices: np.ndarray | None = None
+        self, adata: AnnData, batch_size: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior means and standard deviations of q(z | x) for every cell (or ``indices``)."""
+        """Posterior means and standard deviations of q(z | x) for every cell."""
         self.model.module.eval()
         # scvi-tools' return_dist=True gives the posterior *variance* (qz.scale ** 2)
         loc, var = self.model.get_latent_representation(
-            adata, indices=indices, give_mean=True, return_dist=True, batch_size=batch_size
+            adata, give_mean=True, return_dist=True, batch_size=batch_size
         )
         return np.asarray(loc, np.float32), np.sqrt(np.asarray(var, np.float32))
 

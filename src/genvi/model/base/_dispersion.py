@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from anndata import AnnData
-from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+from scvi.distributions import ZeroInflatedNegativeBinomial
 from torch.distributions import Distribution
+
+from genvi.module._count_vae import count_distribution
 
 #: bounds of the refitted inverse dispersion: below, variance explodes; above, the counts are
 #: Poisson for every practical purpose and float32 lgamma differences lose precision
@@ -24,14 +25,8 @@ THETA_BOUNDS = (1e-4, 1e4)
 
 def replace_dispersion(px: Distribution, theta: torch.Tensor) -> Distribution:
     """``px`` (NB or ZINB) with its inverse dispersion replaced by ``theta`` (broadcast)."""
-    theta = theta.to(px.mu.device, px.mu.dtype).expand_as(px.mu)
-    if isinstance(px, ZeroInflatedNegativeBinomial):
-        return ZeroInflatedNegativeBinomial(
-            mu=px.mu, theta=theta, zi_logits=px.zi_logits, scale=px.scale
-        )
-    if isinstance(px, NegativeBinomial):
-        return NegativeBinomial(mu=px.mu, theta=theta, scale=px.scale)
-    raise TypeError(f"Only NB / ZINB dispersions can be replaced, not {type(px).__name__}.")
+    zi = px.zi_logits if isinstance(px, ZeroInflatedNegativeBinomial) else None
+    return _nb(px.mu, theta.to(px.mu.device, px.mu.dtype), zi, px.scale)
 
 
 def cell_theta(theta: torch.Tensor | np.ndarray, batch: torch.Tensor) -> torch.Tensor:
@@ -47,9 +42,11 @@ def cell_theta(theta: torch.Tensor | np.ndarray, batch: torch.Tensor) -> torch.T
 
 def fit_dispersion(
     adapter,
-    adata: AnnData,
+    loc: np.ndarray,
+    scale: np.ndarray,
     counts,
-    indices: np.ndarray | None = None,
+    library: np.ndarray,
+    decoder_inputs: dict[str, np.ndarray],
     n_cells: int = 1024,
     gene_chunk: int = 2048,
     batch_size: int = 512,
@@ -58,25 +55,27 @@ def fit_dispersion(
 ) -> np.ndarray | None:
     """The inverse dispersion maximising the likelihood of ``counts`` under the frozen decoder.
 
-    Each cell is encoded, a latent is drawn from q(z | x) (as generated cells are drawn from a
-    prior, not from posterior means), decoded with the cell's own library size and batch, and
+    For each cell a latent is drawn from its q(z | x) (as generated cells are drawn from a
+    prior, not from posterior means) and decoded with the cell's own library size and batch;
     the log inverse dispersion of each gene (and batch, for ``dispersion="gene-batch"``) is
-    fitted by Newton's method with the decoded means (and zero-inflation) fixed. Genes are
-    independent, so each takes its own step (halved until its likelihood does not fall) and
-    they are fitted in chunks to bound memory.
+    then fitted by Newton's method with the decoded means (and zero-inflation) fixed, starting
+    from the base model's own. Genes are independent, so each takes its own step (halved
+    until its likelihood does not fall) and they are fitted in chunks to bound memory.
 
     Parameters
     ----------
     adapter
         The base model's :class:`~genvi.model.base._base_models.BaseModelAdapter`.
-    adata
-        Cells registered with the base model.
+    loc, scale
+        Posterior means and standard deviations of the cells (cells x latent).
     counts
-        The cells' counts (cells x genes, dense or scipy sparse), in ``adata``'s order.
-    indices
-        Cells to fit on (all by default).
+        The cells' counts (cells x genes, dense or scipy sparse).
+    library
+        The cells' library sizes.
+    decoder_inputs
+        The cells' nuisance inputs of the base decoder (``adapter.decoder_inputs``).
     n_cells
-        At most this many of them (a seeded random subset) enter the fit.
+        At most this many cells (a seeded random subset) enter the fit.
     gene_chunk, batch_size
         Genes fitted together and cells decoded together.
     max_iter
@@ -89,23 +88,20 @@ def fit_dispersion(
     ``(genes, groups)`` float32 inverse dispersions, or ``None`` when the base decoder has
     none to refit (Poisson or Normal likelihoods, ``dispersion="gene-cell"``).
     """
-    if adapter.gene_likelihood not in ("nb", "zinb") or adapter.dispersion not in (
-        "gene",
-        "gene-batch",
-    ):
+    own = adapter.log_dispersion
+    if adapter.gene_likelihood not in ("nb", "zinb") or own is None:
         return None
     rng = np.random.default_rng(seed)
-    idx = np.arange(adata.n_obs) if indices is None else np.sort(np.asarray(indices))
+    idx = np.arange(len(loc))
     if len(idx) > n_cells:
         idx = np.sort(rng.choice(idx, n_cells, replace=False))
-    loc, scale = adapter.latent_distribution(adata, indices=idx)
     gen = torch.Generator().manual_seed(seed)
-    eps = torch.randn(loc.shape, generator=gen)
-    z = torch.as_tensor(loc) + torch.as_tensor(scale) * eps
+    eps = torch.randn(loc[idx].shape, generator=gen)
+    z = torch.as_tensor(loc[idx]) + torch.as_tensor(scale[idx]) * eps
     x_all = counts[idx]
-    lib = np.log(np.maximum(np.asarray(x_all.sum(1)).ravel(), 1.0)).astype(np.float32)
-    inputs = {k: v[idx] for k, v in adapter.decoder_inputs(adata).items()}
-    n_groups = adapter.n_dispersion_groups
+    lib = np.log(library[idx]).astype(np.float32)
+    inputs = {k: v[idx] for k, v in decoder_inputs.items()}
+    n_groups = own.shape[1]
     group = torch.as_tensor(inputs["batch"]).long().reshape(-1)
     if n_groups == 1:
         group = torch.zeros_like(group)
@@ -113,17 +109,23 @@ def fit_dispersion(
     out = np.empty((n_genes, n_groups), dtype=np.float32)
     for g0 in range(0, n_genes, gene_chunk):
         genes = slice(g0, min(g0 + gene_chunk, n_genes))
-        mu, zi, theta0 = _decoded_chunk(adapter, z, lib, inputs, genes, batch_size)
+        mu, zi = _decoded_chunk(adapter, z, lib, inputs, genes, batch_size)
         x = _dense(x_all[:, genes])
 
         def objective(u, cols, mu=mu, zi=zi, x=x):
             """Log-likelihood per (gene, group) of genes ``cols``: independent problems."""
-            lp = _log_prob(mu[:, cols], cell_theta(u.exp(), group), _cols(zi, cols), x[:, cols])
+            px = _nb(mu[:, cols], cell_theta(u.exp(), group), _cols(zi, cols))
+            lp = px.log_prob(x[:, cols])
             return torch.zeros(n_groups, lp.shape[1]).index_add_(0, group, lp).T
 
-        u = _initial_log_theta(theta0, group, n_groups)
-        out[genes] = torch.exp(_newton(objective, u, max_iter)).numpy()
+        out[genes] = torch.exp(_newton(objective, own[genes].clone(), max_iter)).numpy()
     return out
+
+
+def _nb(mu, theta, zi, scale=None) -> Distribution:
+    """NB, or ZINB where there are zero-inflation logits, with ``theta`` broadcast to ``mu``."""
+    likelihood = "nb" if zi is None else "zinb"
+    return count_distribution(likelihood, scale, mu, theta.expand_as(mu), zi)
 
 
 def _cols(a: torch.Tensor | None, cols: torch.Tensor) -> torch.Tensor | None:
@@ -172,9 +174,9 @@ def _dense(x) -> torch.Tensor:
 
 
 def _decoded_chunk(adapter, z, lib, inputs, genes, batch_size):
-    """Decoded means, zero-inflation logits and current inverse dispersions of some genes."""
+    """Decoded means and zero-inflation logits of some genes."""
     dev = adapter.device
-    mus, zis, thetas = [], [], []
+    mus, zis = [], []
     with torch.no_grad():
         for start in range(0, z.shape[0], batch_size):
             sl = slice(start, start + batch_size)
@@ -184,24 +186,6 @@ def _decoded_chunk(adapter, z, lib, inputs, genes, batch_size):
                 {k: torch.as_tensor(v[sl], device=dev) for k, v in inputs.items()},
             )
             mus.append(px.mu[:, genes].cpu())
-            thetas.append(px.theta.expand_as(px.mu)[:, genes].cpu())
             if isinstance(px, ZeroInflatedNegativeBinomial):
                 zis.append(px.zi_logits[:, genes].cpu())
-    return torch.cat(mus), (torch.cat(zis) if zis else None), torch.cat(thetas)
-
-
-def _initial_log_theta(theta0: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Start from the base model's own values (per group: the mean over the group's cells)."""
-    log0 = torch.log(theta0)
-    out = torch.empty(theta0.shape[1], n_groups)
-    for k in range(n_groups):
-        rows = group == k
-        out[:, k] = log0[rows].mean(0) if rows.any() else log0.mean(0)
-    return out
-
-
-def _log_prob(mu, theta, zi, x) -> torch.Tensor:
-    theta = theta.expand_as(mu)
-    if zi is None:
-        return NegativeBinomial(mu=mu, theta=theta).log_prob(x)
-    return ZeroInflatedNegativeBinomial(mu=mu, theta=theta, zi_logits=zi).log_prob(x)
+    return torch.cat(mus), (torch.cat(zis) if zis else None)

@@ -244,15 +244,10 @@ class LatentPriorModel(
             max_epochs = int(
                 min(MAX_DEFAULT_EPOCHS, math.ceil(DEFAULT_TRAIN_STEPS / steps_per_epoch))
             )
+        if refit_dispersion is None:
+            refit_dispersion = self._adapter.dispersion_is_stale
         self.dispersion_ = (
-            fit_dispersion(
-                self._adapter,
-                self.adata,
-                self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
-                seed=scvi.settings.seed or 0,
-            )
-            if (self._adapter.dispersion_is_stale if refit_dispersion is None else refit_dispersion)
-            else None
+            self._fit_dispersion(loc, scale, scvi.settings.seed or 0) if refit_dispersion else None
         )
         plan = LatentPriorTrainingPlan(self.module, **(plan_kwargs or {}))
         trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
@@ -266,6 +261,23 @@ class LatentPriorModel(
             **trainer_kwargs,
         )
         return runner()
+
+    def _fit_dispersion(self, loc: np.ndarray, scale: np.ndarray, seed: int) -> np.ndarray | None:
+        """The base decoder's inverse dispersion refitted on the registered cells.
+
+        ``loc`` / ``scale`` are the cells' posteriors (as ``train`` encodes them), ``seed``
+        that of the cell subset and posterior draws; ``None`` where the decoder has no
+        dispersion to refit.
+        """
+        return fit_dispersion(
+            self._adapter,
+            loc,
+            scale,
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            self.train_library_,
+            self.train_decoder_inputs_,
+            seed=seed,
+        )
 
     # ------------------------------------------------------------------ generation hooks
     def _sample_latent(self, cond: ConditionInputs, **kwargs) -> torch.Tensor:
