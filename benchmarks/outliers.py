@@ -1,6 +1,7 @@
-"""Outlier detection on PBMC3k (BENCHMARKS.md, "Uncertainty and likelihood").
+"""Outlier detection on PBMC3k and Kang 8 donors (BENCHMARKS.md, "Uncertainty and likelihood").
 
-Split the cells 80/20 stratified by ``cell_type_coarse``. For every cell type with at least 30
+Split the cells 80/20 stratified by cell type (``cell_type_coarse`` on pbmc3k, ``cell_type``
+on ``kang_ctrl_8donors.h5ad``, control cells only). For every cell type with at least 30
 cells in turn, train an *unconditional* PriorVI (``setup_anndata`` without condition keys, so
 that cells of any type can be scored) on the training split without that cell type, then score
 all held-out cells:
@@ -12,12 +13,17 @@ all held-out cells:
 - ``latent_overlap`` (a candidate of issue #15, computed here, not a model method yet): the
   -log overlap of the cell's posterior q(z | x) with the aggregated posterior of the training
   cells, ``-log 1/N sum_i N(mu_x; mu_i, diag(sigma_i^2 + sigma_x^2))``; no fit, no
-  bandwidth, depth enters only through the posterior widths.
+  bandwidth, depth enters only through the posterior widths;
+- ``latent_knn`` (a candidate of issue #15, computed here, not a model method yet): the mean
+  Euclidean distance from the cell's posterior mean to its ``KNN_K`` nearest training cells'
+  posterior means (deep nearest-neighbour out-of-distribution detection, Sun et al. 2022);
+  ``KNN_K = 10`` was fixed before any run, not tuned on these cells.
 
 Reported: AUROC of "held-out cells of the left-out type" (positives) vs "held-out cells of the
 other types" (negatives), per left-out type and the mean. Run from the repository root::
 
     python benchmarks/outliers.py --threads 1                  # writes results/
+    python benchmarks/outliers.py --threads 1 --dataset kang   # Kang 8 donors
     python benchmarks/outliers.py --priors gaussian,mog --max-epochs 30
 """
 
@@ -47,16 +53,20 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-DATASET = "pbmc3k_labeled.h5ad"
-CELL_TYPE = "cell_type_coarse"
+DATASETS = {
+    "pbmc3k": ("pbmc3k_labeled.h5ad", "cell_type_coarse"),
+    "kang": ("kang_ctrl_8donors.h5ad", "cell_type"),
+}
 MIN_CELLS = 30
 BATCH_SIZE = 128
 DEFAULT_EPOCHS = 50
+KNN_K = 10
 SCORES = {
     "score_outliers": "score_outliers (-log p per count)",
     "neg_log_likelihood": "-get_log_likelihood",
     "library_size": "library size only",
     "latent_overlap": "latent overlap (candidate)",
+    "latent_knn": f"latent {KNN_K}-NN distance (candidate)",
 }
 
 
@@ -75,10 +85,22 @@ def latent_overlap(model, query, train) -> np.ndarray:
     return out
 
 
+def latent_knn(model, query, train, k: int = KNN_K) -> np.ndarray:
+    """Mean distance from each query cell's posterior mean to its ``k`` nearest training cells'."""
+    from sklearn.neighbors import NearestNeighbors
+
+    ref = model.get_latent_representation(train)
+    dist, _ = (
+        NearestNeighbors(n_neighbors=k).fit(ref).kneighbors(model.get_latent_representation(query))
+    )
+    return dist.mean(1)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, DEFAULT_EPOCHS)
+    parser.add_argument("--dataset", default="pbmc3k", choices=sorted(DATASETS))
     parser.add_argument(
         "--priors",
         default="gaussian",
@@ -98,10 +120,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=RESULTS_DIR / "outliers_pbmc3k.json",
-        help="JSON output (default: benchmarks/results/outliers_pbmc3k.json)",
+        default=None,
+        help="JSON output (default: benchmarks/results/outliers_<dataset>.json)",
     )
     args = parser.parse_args(argv)
+    args.filename, args.cell_type_key = DATASETS[args.dataset]
+    if args.out is None:
+        args.out = RESULTS_DIR / f"outliers_{args.dataset}.json"
     args.priors = [p.strip() for p in args.priors.split(",") if p.strip()]
     return args
 
@@ -122,7 +147,7 @@ def run_one(
 
     from genvi.model import PriorVI
 
-    sub = train[train.obs[CELL_TYPE].astype(str) != left_out].copy()
+    sub = train[train.obs[args.cell_type_key].astype(str) != left_out].copy()
     scvi.settings.seed = args.seed
     PriorVI.setup_anndata(sub)
     model = PriorVI(sub, prior=prior)
@@ -134,17 +159,19 @@ def run_one(
     query = test.copy()
     torch.manual_seed(args.seed)
     score, score_s = timed(lambda: model.score_outliers(query, n_samples=args.n_samples))
-    positive = test.obs[CELL_TYPE].astype(str).to_numpy() == left_out
+    positive = test.obs[args.cell_type_key].astype(str).to_numpy() == left_out
     library = np.asarray(test.X.sum(1)).ravel()
     # score_outliers is -get_log_likelihood / max(total counts, 1): undo the division rather
     # than run the importance sampler a second time (same Monte Carlo samples for both scores).
     ll = -score * np.maximum(library, 1.0)
     overlap, overlap_s = timed(lambda: latent_overlap(model, query, sub))
+    knn, knn_s = timed(lambda: latent_knn(model, query, sub))
     values = {
         "score_outliers": score,
         "neg_log_likelihood": -ll,
         "library_size": library,
         "latent_overlap": overlap,
+        "latent_knn": knn,
     }
     return {
         "left_out": left_out,
@@ -161,6 +188,7 @@ def run_one(
         "seconds_per_epoch": train_s / args.max_epochs,
         "score_seconds": score_s,
         "latent_overlap_seconds": overlap_s,
+        "latent_knn_seconds": knn_s,
         "load_average_1min_after": os.getloadavg()[0],
     }
 
@@ -168,7 +196,7 @@ def run_one(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table and write the JSON."""
     args = parse_args(argv)
-    adata = load_dataset(args.data_dir, DATASET)
+    adata = load_dataset(args.data_dir, args.filename)
 
     import scvi
 
@@ -176,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         set_threads(args.threads)
     scvi.settings.seed = args.seed
-    labels = adata.obs[CELL_TYPE].astype(str)
+    labels = adata.obs[args.cell_type_key].astype(str)
     train_idx, test_idx = stratified_split(labels, test_size=0.2, seed=args.seed)
     train, test = adata[train_idx].copy(), adata[test_idx].copy()
     counts = labels.value_counts()
@@ -185,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         wanted = [c.strip() for c in args.cell_types.split(",")]
         left_out_types = [c for c in left_out_types if c in wanted]
     print(
-        f"{DATASET}: {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, "
+        f"{args.filename}: {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, "
         f"test {test.n_obs}; left-out types (>= {MIN_CELLS} cells): {left_out_types}",
         flush=True,
     )
@@ -217,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine = machine_info()
     print()
     print(
-        f"## Outlier detection: {DATASET}, leave one {CELL_TYPE} out, unconditional PriorVI, "
+        f"## Outlier detection: {args.filename}, leave one {args.cell_type_key} out, "
+        "unconditional PriorVI, "
         f"{args.max_epochs} epochs, {args.n_samples} importance samples, seed {args.seed} "
         "(AUROC of left-out type vs other held-out cells; 0.5 = chance)"
     )
@@ -232,8 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     payload = {
         "benchmark": "outliers",
-        "dataset": DATASET,
-        "cell_type_key": CELL_TYPE,
+        "dataset": args.filename,
+        "cell_type_key": args.cell_type_key,
         "settings": {
             "max_epochs": args.max_epochs,
             "priors": args.priors,
