@@ -13,11 +13,17 @@ all held-out cells:
 - ``latent_overlap`` (a candidate of issue #15, computed here, not a model method yet): the
   -log overlap of the cell's posterior q(z | x) with the aggregated posterior of the training
   cells, ``-log 1/N sum_i N(mu_x; mu_i, diag(sigma_i^2 + sigma_x^2))``; no fit, no
-  bandwidth, depth enters only through the posterior widths;
+  bandwidth, depth enters only through the posterior widths (results before December 2026
+  squared the variances that ``get_latent_representation(return_dist=True)`` returns, i.e.
+  used sigma^4: a sharper kernel);
 - ``latent_knn`` (a candidate of issue #15, computed here, not a model method yet): the mean
   Euclidean distance from the cell's posterior mean to its ``KNN_K`` nearest training cells'
   posterior means (deep nearest-neighbour out-of-distribution detection, Sun et al. 2022);
-  ``KNN_K = 10`` was fixed before any run, not tuned on these cells.
+  ``KNN_K = 10`` was fixed before any run, not tuned on these cells;
+- ``pca_knn_10`` / ``pca_knn_50`` (model-free baselines, no genvi involved): the same 10-NN
+  distance in a PCA of log-normalised expression (``normalize_total`` to 1e4, ``log1p``, the
+  ``N_TOP_GENES`` most variable genes of the training cells, PCA fitted on the training
+  cells); 10 components as many as the model's latent, 50 scanpy's default.
 
 Reported: AUROC of "held-out cells of the left-out type" (positives) vs "held-out cells of the
 other types" (negatives), per left-out type and the mean. Run from the repository root::
@@ -62,29 +68,30 @@ MIN_CELLS = 30
 BATCH_SIZE = 128
 DEFAULT_EPOCHS = 50
 KNN_K = 10
+N_TOP_GENES = 2000
+PCA_COMPONENTS = (10, 50)
 SCORES = {
     "score_outliers": "score_outliers (-log p per count)",
     "neg_log_likelihood": "-get_log_likelihood",
     "library_size": "library size only",
     "latent_overlap": "latent overlap (candidate)",
     "latent_knn": f"latent {KNN_K}-NN distance (candidate)",
+    **{f"pca_knn_{n}": f"PCA-{n} {KNN_K}-NN distance (baseline, no model)" for n in PCA_COMPONENTS},
 }
 
 
-def latent_overlap(mu_q, sd_q, mu_r, sd_r) -> np.ndarray:
+def latent_overlap(mu_q, var_q, mu_r, var_r) -> np.ndarray:
     """-log of the overlap of each query cell's q(z | x) with the training aggregated posterior.
 
-    ``mu_*`` / ``sd_*``: what ``get_latent_representation(..., return_dist=True)`` returns for
-    the query (``q``) and training (``r``) cells. Its second value is the posterior
-    *variance*, squared again below as if it were a standard deviation: the committed
-    ``latent_overlap`` results were computed so (kept here so that they reproduce).
+    ``mu_*`` / ``var_*``: what ``get_latent_representation(..., return_dist=True)`` returns for
+    the query (``q``) and training (``r``) cells (posterior means and *variances*).
     """
     from scipy.special import logsumexp
 
     out = np.empty(len(mu_q))
     for start in range(0, len(mu_q), 128):
         m = mu_q[start : start + 128, None, :].astype(np.float64)
-        v = sd_r[None] ** 2 + sd_q[start : start + 128, None, :] ** 2  # (b, N, d)
+        v = var_r[None] + var_q[start : start + 128, None, :]  # (b, N, d)
         log_n = -0.5 * (((m - mu_r[None]) ** 2 / v).sum(-1) + np.log(2 * np.pi * v).sum(-1))
         out[start : start + 128] = -(logsumexp(log_n, axis=1) - np.log(len(mu_r)))
     return out
@@ -96,6 +103,25 @@ def latent_knn(mu_q: np.ndarray, mu_r: np.ndarray, k: int = KNN_K) -> np.ndarray
 
     dist, _ = NearestNeighbors(n_neighbors=k).fit(mu_r).kneighbors(mu_q)
     return dist.mean(1)
+
+
+def log_normalised(adata: Any) -> np.ndarray:
+    """Dense ``log1p`` of counts scaled to 1e4 per cell (scanpy's ``normalize_total``)."""
+    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    return np.log1p(X / np.maximum(X.sum(1, keepdims=True), 1.0) * 1e4)
+
+
+def pca_knn(query: Any, reference: Any, n_components: int) -> np.ndarray:
+    """10-NN distance of ``query`` to ``reference`` in a PCA of log-normalised expression.
+
+    Genes and components come from the reference cells only, as a model trained on them would.
+    """
+    from sklearn.decomposition import PCA
+
+    ref, qry = log_normalised(reference), log_normalised(query)
+    genes = np.argsort(-ref.var(0))[:N_TOP_GENES]
+    pca = PCA(n_components, random_state=0).fit(ref[:, genes])
+    return latent_knn(pca.transform(qry[:, genes]), pca.transform(ref[:, genes]))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -168,11 +194,11 @@ def run_one(
     ll = -score * np.maximum(library, 1.0)
     start = time.perf_counter()
     # one encoding pass per cell set serves both latent candidates
-    (mu_q, sd_q), (mu_r, sd_r) = (
+    (mu_q, var_q), (mu_r, var_r) = (
         model.get_latent_representation(cells, give_mean=True, return_dist=True)
         for cells in (query, sub)
     )
-    overlap = latent_overlap(mu_q, sd_q, mu_r, sd_r)
+    overlap = latent_overlap(mu_q, var_q, mu_r, var_r)
     overlap_s = time.perf_counter() - start  # encoding included, as before
     knn, knn_s = timed(lambda: latent_knn(mu_q, mu_r))
     values = {
@@ -181,6 +207,7 @@ def run_one(
         "library_size": library,
         "latent_overlap": overlap,
         "latent_knn": knn,
+        **{f"pca_knn_{n}": pca_knn(test, sub, n) for n in PCA_COMPONENTS},
     }
     return {
         "left_out": left_out,
