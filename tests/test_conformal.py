@@ -138,7 +138,7 @@ def scored_cells():
     novel = test.copy()
     novel.X = novel.X[:, np.random.default_rng(1).permutation(novel.n_vars)]
     return {
-        name: model.score_outliers(cells, n_samples=20)
+        name: model.score_outliers(cells)
         for name, cells in {
             "reference": sim[part == 3].copy(),
             "test": test,

@@ -194,7 +194,9 @@ def test_likelihood_and_outlier_scores(sim, hybrid_true, sim_split):
     mask = wrong.obs["treatment"].to_numpy() == "control"
     ll_wrong = hybrid_true.get_log_likelihood(wrong[mask].copy(), n_samples=20)
     assert np.mean(ll_wrong < ll[mask]) > 0.95
-    scores = hybrid_true.score_outliers(test, n_samples=20)
+    scores = hybrid_true.score_outliers(test, kind="per_count", n_samples=20)
+    assert scores.shape == (test.n_obs,) and np.all(scores > 0)
+    scores = hybrid_true.score_outliers(test)  # latent 10-NN distance to the training cells
     assert scores.shape == (test.n_obs,) and np.all(scores > 0)
 
 

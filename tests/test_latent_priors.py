@@ -244,7 +244,9 @@ def test_flow_on_priorvi_scores_unseen_type(sim, sim_split):
     # measured AUROC: -log p(x | c) 0.85, latent novelty 0.99 (per count: 0.54, depth-confounded)
     assert roc_auc_score(unseen, -ll) > 0.75
     assert ll[~unseen].mean() > ll[unseen].mean()
-    scores = flow.score_outliers(held_out)
+    scores = flow.score_outliers(held_out, kind="latent")  # -log p_flow(z | c)
+    assert roc_auc_score(unseen, scores) > 0.9
+    scores = flow.score_outliers(held_out)  # the default: latent 10-NN
     assert roc_auc_score(unseen, scores) > 0.9
     per_count = flow.score_outliers(held_out, kind="per_count", n_samples=4)
     assert per_count.shape == scores.shape and np.isfinite(per_count).all()

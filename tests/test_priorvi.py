@@ -143,9 +143,12 @@ def test_log_likelihood_flags_an_unseen_cell_type():
     assert np.all(np.isfinite(ll))
     is_unseen = (held_out.obs["cell_type"] == "type_3").to_numpy()
     assert roc_auc_score(is_unseen, -ll) > 0.95  # measured 0.9997
-    scores = model.score_outliers(held_out, n_samples=50)  # -log p(x | c) per count
+    scores = model.score_outliers(held_out, kind="per_count", n_samples=50)
     assert scores.shape == (held_out.n_obs,)
     assert roc_auc_score(is_unseen, scores) > 0.8  # measured 0.91
+    scores = model.score_outliers(held_out)  # latent 10-NN distance to the training cells
+    assert scores.shape == (held_out.n_obs,)
+    assert roc_auc_score(is_unseen, scores) > 0.95
 
 
 def test_counterfactual_recovers_treatment_effect(sim, sim_split, model_gaussian):

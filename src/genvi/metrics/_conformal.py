@@ -71,7 +71,7 @@ def conformal_pvalues(
 
     Examples
     --------
-    >>> ref = model.score_outliers(held_out_typical)  # cells not used in training
+    >>> ref = model.score_outliers(indices=model.validation_indices)  # not trained on
     >>> p = genvi.metrics.conformal_pvalues(model.score_outliers(query), ref)
     >>> flagged = genvi.metrics.flag_outliers(p, fdr=0.1, pvalues=True)
     """

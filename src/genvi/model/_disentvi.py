@@ -279,7 +279,8 @@ class DisentVI(CountModelBase):
         Parameters
         ----------
         adata
-            Cells (the training data by default).
+            Cells (the training data by default). Attribute columns may be absent or NaN
+            (cells of unknown labels).
         indices
             Subset of cells.
         representation
@@ -300,7 +301,7 @@ class DisentVI(CountModelBase):
             raise ValueError(
                 f"Unknown representation {representation!r}; use 'unknown' or one of {keys}."
             )
-        adata = self._validate_anndata(adata)
+        adata = self._validate_anndata(self._with_attribute_columns(adata))
         self.module.eval()
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         out = []

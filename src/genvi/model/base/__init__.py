@@ -8,6 +8,7 @@ from ._counterfactual import CounterfactualMixin
 from ._generation import GenerationMixin
 from ._io import LoadMixin, ModelFileError
 from ._likelihood import LikelihoodMixin
+from ._novelty import NoveltyMixin
 from ._reference import TrainingReferenceMixin
 from ._seeding import seeded
 from ._setup import as_key_list, setup_condition_fields
@@ -33,6 +34,7 @@ __all__ = [
     "LoadMixin",
     "ModelFileError",
     "NonFiniteLossError",
+    "NoveltyMixin",
     "TrainingReferenceMixin",
     "as_key_list",
     "default_kl_warmup",

@@ -28,6 +28,7 @@ from genvi.model.base._generation import GenerationMixin
 from genvi.model.base._guidance import guidance_metadata, guidance_terms
 from genvi.model.base._latent_data import LatentDataModule
 from genvi.model.base._latent_io import LatentPriorIOMixin
+from genvi.model.base._novelty import NoveltyMixin
 from genvi.model.base._seeding import seeded
 from genvi.model.base._setup import as_key_list, setup_condition_fields
 from genvi.model.base._training import LatentPriorTrainingPlan
@@ -45,6 +46,7 @@ class LatentPriorModel(
     ConfidenceMixin,
     CounterfactualMixin,
     ConditionedModelMixin,
+    NoveltyMixin,
     BaseModelClass,
 ):
     """Base class of generative priors trained in the latent space of a trained base model.

@@ -11,10 +11,13 @@ from scvi import REGISTRY_KEYS
 from tqdm.auto import tqdm
 
 from genvi._validation import row_sums
+from genvi.model.base._novelty import NoveltyMixin
 
 
-class LikelihoodMixin:
-    """Importance-sampled :meth:`get_log_likelihood` and the per-count :meth:`score_outliers`."""
+class LikelihoodMixin(NoveltyMixin):
+    """Importance-sampled :meth:`get_log_likelihood` and the ``"per_count"`` outlier score."""
+
+    _outlier_kinds = ("knn", "per_count")
 
     @torch.inference_mode()
     def get_log_likelihood(
@@ -29,7 +32,7 @@ class LikelihoodMixin:
 
         Low values flag cells the model finds implausible for their condition (outliers,
         unseen populations). Values scale with sequencing depth: compare cells of similar
-        library size, or use the depth-free :meth:`score_outliers`.
+        library size, or use :meth:`score_outliers`.
 
         Parameters
         ----------
@@ -59,41 +62,26 @@ class LikelihoodMixin:
         ]
         return np.concatenate(out)
 
-    def score_outliers(
+    def _other_outlier_scores(
         self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        n_samples: int = 100,
-        batch_size: int | None = None,
+        kind: str,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        n_samples: int | None,
+        batch_size: int | None,
     ) -> np.ndarray:
-        """Per-cell outlier scores: negative log-likelihood per count (per gene for ``normal``).
+        """``kind="per_count"``: negative log-likelihood per count (per gene for ``normal``).
 
         :meth:`get_log_likelihood` grows in magnitude with sequencing depth (a deep cell has
         more counts to explain), so raw values flag deep cells. Dividing by the cell's total
-        count gives the average surprise per observed molecule; higher means less plausible
-        for the cell's condition under the model. This removes the linear growth with depth,
-        not all depth dependence: on real data the per-count score tends to fall with depth,
-        so compare cells of similar library size.
-
-        Read the scores relative to held-out cells the model should find typical (e.g. flag
-        cells above their 99th percentile); absolute values depend on the dataset and genes.
-
-        Parameters
-        ----------
-        adata
-            Cells to score (the training data by default); same genes as the model.
-        indices
-            Subset of cells.
-        n_samples
-            Importance samples per cell.
-        batch_size
-            Cells per forward pass.
-
-        Returns
-        -------
-        Array of shape ``(n_cells,)``.
+        count gives the average surprise per observed molecule. This removes the linear growth
+        with depth, not all depth dependence: on real data the per-count score tends to fall
+        with depth, and it separated unseen cell types near chance (issue #15).
         """
-        ll = self.get_log_likelihood(adata, indices, n_samples, batch_size)
+        if kind != "per_count":
+            return super()._other_outlier_scores(kind, adata, indices, n_samples, batch_size)
+        kwargs = {} if n_samples is None else {"n_samples": n_samples}
+        ll = self.get_log_likelihood(adata, indices, batch_size=batch_size, **kwargs)
         if self.module.gene_likelihood == "normal":  # no counts: per gene instead
             return -ll / len(self.var_names_)
         adata = self._validate_anndata(adata)

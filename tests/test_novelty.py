@@ -1,0 +1,144 @@
+"""score_outliers: one signature and one depth-free default (latent k-NN) on every model."""
+
+import inspect
+
+import anndata as ad
+import numpy as np
+import pytest
+import scvi
+from scipy import sparse
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+
+import genvi
+from conftest import quiet_train
+from genvi.model import DisentVI, LatentDiffusion, LatentFlow, PriorVI
+
+
+def _thin(adata: ad.AnnData, p: float, rng: np.random.Generator) -> ad.AnnData:
+    """Binomial thinning of the counts: the same cells sequenced ``p`` times as deep."""
+    out = adata.copy()
+    X = sparse.csr_matrix(out.X)
+    X.data = rng.binomial(X.data.astype(np.int64), p).astype(np.float32)
+    X.eliminate_zeros()
+    out.X = X
+    return out
+
+
+@pytest.fixture(scope="module")
+def depth_split():
+    """Known types at ~3,000 counts per cell; an unseen type at 4x and at 1/4 that depth.
+
+    Subtle types (``effect_size=1``); the training and known held-out cells are thinned to a
+    quarter of the simulated depth, the unseen type's cells are kept deep or thinned to 1/16.
+    """
+    sim = genvi.data.simulate(
+        n_cells=2000, n_genes=150, effect_size=1.0, library_size_mean=12000, seed=0
+    )
+    rng = np.random.default_rng(0)
+    seen = (sim.obs["cell_type"] != "type_3").to_numpy()
+    perm = rng.permutation(np.flatnonzero(seen))
+    n_train = int(0.8 * len(perm))
+    train = _thin(sim[np.sort(perm[:n_train])], 0.25, rng)
+    known = _thin(sim[np.sort(perm[n_train:])], 0.25, rng)
+    novel = sim[~seen][:100]
+    regimes = {"deep": novel.copy(), "shallow": _thin(novel, 1 / 16, rng)}
+    return train, known, regimes
+
+
+@pytest.fixture(scope="module")
+def unlabelled_priorvi(depth_split):
+    train = depth_split[0].copy()
+    scvi.settings.seed = 0
+    PriorVI.setup_anndata(train)  # no condition labels: a user does not know a novel cell's
+    return quiet_train(PriorVI(train), max_epochs=200)
+
+
+def _aurocs(model, known, regimes, **kwargs) -> dict[str, float]:
+    out = {}
+    for name, novel in regimes.items():
+        cells = ad.concat([known, novel])
+        is_novel = np.r_[np.zeros(known.n_obs), np.ones(novel.n_obs)]
+        out[name] = roc_auc_score(is_novel, model.score_outliers(cells, **kwargs))
+    return out
+
+
+@pytest.mark.slow
+def test_default_score_flags_unseen_type_at_any_depth(depth_split, unlabelled_priorvi):
+    _, known, regimes = depth_split
+    knn = _aurocs(unlabelled_priorvi, known, regimes)
+    per_count = _aurocs(unlabelled_priorvi, known, regimes, kind="per_count", n_samples=20)
+    # measured: k-NN 0.964 (deep) / 0.953 (shallow); per count 0.028 / 0.991
+    assert min(knn.values()) > 0.9, knn
+    # the per-count likelihood ranks deep novel cells as the most typical: depth, not novelty
+    assert knn["deep"] > per_count["deep"] + 0.3, (knn, per_count)
+
+
+@pytest.mark.slow
+def test_disentvi_and_latent_diffusion_default_scores(depth_split, unlabelled_priorvi):
+    train, known, regimes = depth_split
+    adata = train.copy()
+    DisentVI.setup_anndata(adata, categorical_attributes=["treatment"])
+    scvi.settings.seed = 0
+    disent = quiet_train(DisentVI(adata), max_epochs=200)
+    assert min(_aurocs(disent, known, regimes).values()) > 0.85  # measured 0.917 / 0.892
+    # cells whose attribute labels are unknown (column absent) are scored all the same
+    unlabelled = regimes["deep"].copy()
+    del unlabelled.obs["treatment"]
+    np.testing.assert_allclose(
+        disent.score_outliers(unlabelled), disent.score_outliers(regimes["deep"]), rtol=1e-5
+    )
+    scvi.settings.seed = 0
+    diffusion = quiet_train(LatentDiffusion.from_model(unlabelled_priorvi), max_epochs=100)
+    # the base model's latent space, scored against the cells the prior trained on
+    assert min(_aurocs(diffusion, known, regimes).values()) > 0.9  # measured 0.961 / 0.950
+
+
+def test_knn_score_is_the_mean_distance_to_other_training_cells(depth_split, unlabelled_priorvi):
+    model, known = unlabelled_priorvi, depth_split[1]
+    train_idx = np.sort(model.train_indices)
+    z_train = model.get_latent_representation(indices=train_idx)
+    z_known = model.get_latent_representation(known)
+    dist, _ = NearestNeighbors(n_neighbors=5).fit(z_train).kneighbors(z_known)
+    np.testing.assert_allclose(
+        model.score_outliers(known, n_neighbors=5), dist.mean(1), rtol=1e-5, atol=1e-6
+    )
+    # a training cell is not its own neighbour, whether scored in the model's AnnData or a copy
+    own = model.score_outliers(indices=train_idx[:20], n_neighbors=5)
+    copy = model.score_outliers(model.adata[train_idx[:20]].copy(), n_neighbors=5)
+    np.testing.assert_allclose(own, copy, rtol=1e-5, atol=1e-6)
+    dist, _ = NearestNeighbors(n_neighbors=6).fit(z_train).kneighbors(z_train[:20])
+    np.testing.assert_allclose(own, dist[:, 1:].mean(1), rtol=1e-5, atol=1e-6)
+    assert np.all(own > 0)
+    # validation cells are not in the reference: calibration cells for flag_outliers
+    val = model.score_outliers(indices=model.validation_indices)
+    assert np.all(val > 0) and np.isfinite(val).all()
+
+
+def test_bad_arguments_get_clear_errors(depth_split, unlabelled_priorvi):
+    model, known = unlabelled_priorvi, depth_split[1]
+    with pytest.raises(ValueError, match="kind='latent'.*'knn', 'per_count'"):
+        model.score_outliers(known, kind="latent")
+    with pytest.raises(ValueError, match="n_neighbors must lie in"):
+        model.score_outliers(known, n_neighbors=0)
+    with pytest.raises(TypeError, match="n_neighbors must be an integer"):
+        model.score_outliers(known, n_neighbors=2.5)
+    untrained = known.copy()
+    PriorVI.setup_anndata(untrained)
+    with pytest.raises(RuntimeError, match="call train"):
+        PriorVI(untrained).score_outliers()
+
+
+def test_one_signature_everywhere():
+    models = [PriorVI, DisentVI, genvi.model.HybridVI, LatentFlow, LatentDiffusion]
+    signatures = {m.__name__: inspect.signature(m.score_outliers) for m in models}
+    assert len(set(map(str, signatures.values()))) == 1, signatures
+    assert list(signatures["PriorVI"].parameters)[1:] == [
+        "adata",
+        "indices",
+        "n_samples",
+        "batch_size",
+        "kind",
+        "n_neighbors",
+    ]
+    assert signatures["LatentFlow"].parameters["kind"].default == "knn"
