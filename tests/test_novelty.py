@@ -110,6 +110,14 @@ def test_knn_score_is_the_mean_distance_to_other_training_cells(depth_split, unl
     dist, _ = NearestNeighbors(n_neighbors=6).fit(z_train).kneighbors(z_train[:20])
     np.testing.assert_allclose(own, dist[:, 1:].mean(1), rtol=1e-5, atol=1e-6)
     assert np.all(own > 0)
+    # a new cell that only shares its name with a training cell is not taken for it
+    renamed = known.copy()
+    renamed.obs_names = model.adata.obs_names[train_idx[: known.n_obs]]
+    np.testing.assert_allclose(
+        model.score_outliers(renamed, n_neighbors=5),
+        model.score_outliers(known, n_neighbors=5),
+        rtol=1e-6,
+    )
     # validation cells are not in the reference: calibration cells for flag_outliers
     val = model.score_outliers(indices=model.validation_indices)
     assert np.all(val > 0) and np.isfinite(val).all()
