@@ -102,7 +102,10 @@ class NoveltyMixin:
 
         if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer):
             raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")
-        self._check_is_trained_for_outliers()
+        self._check_if_trained(
+            warn=False,
+            message=f"{type(self).__name__} is not trained: call train() before score_outliers().",
+        )
         reference = self._reference_indices()
         if n_neighbors < 1 or n_neighbors > len(reference) - 1:
             raise ValueError(
@@ -140,9 +143,3 @@ class NoveltyMixin:
             # e.g. a model loaded with different cells than it trained on
             return np.arange(n)
         return np.sort(np.asarray(idx, dtype=np.int64))
-
-    def _check_is_trained_for_outliers(self) -> None:
-        if not self.is_trained_:
-            raise RuntimeError(
-                f"{type(self).__name__} is not trained: call train() before score_outliers()."
-            )
