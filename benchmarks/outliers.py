@@ -135,27 +135,24 @@ def decoded_profiles(model: Any, cells: Any) -> Any:
                 torch.zeros_like(inf["library"]),
                 tensors[REGISTRY_KEYS.BATCH_KEY],
             )
-            out.append(px.mean.numpy() * 1e4)
+            out.append(px.mean.cpu().numpy() * 1e4)
     return anndata.AnnData(sp.csr_matrix(np.concatenate(out)), var=cells.var[[]])
 
 
-def pca_knn(query: Any, reference: Any) -> dict[str, Any]:
+def pca_knn(query: Any, reference: Any) -> tuple[dict[str, np.ndarray], Any]:
     """10-NN distances of ``query`` to ``reference`` in the benchmarks' reference PCA space.
 
     One :class:`genvi.metrics.ReferenceSpace` (the space every generation benchmark uses: HVGs,
     log-normalised, PCA) fitted on the reference cells only, as a model trained on them would
-    be; ``pca_knn_<n>`` uses its first ``n`` components. ``"space"``: that fitted space, which
+    be; ``pca_knn_<n>`` uses its first ``n`` components. Also returns that fitted space, which
     :func:`run_one` reuses for ``decoded_knn_10``.
     """
     from genvi.metrics import ReferenceSpace
 
     space = ReferenceSpace.fit(reference, n_comps=max(PCA_COMPONENTS), seed=0)
     qry, ref = space.transform(query), space.transform(reference)
-    out: dict[str, Any] = {
-        f"pca_knn_{n}": knn_distance(qry[:, :n], ref[:, :n]) for n in PCA_COMPONENTS
-    }
-    out["space"] = space  # for decoded_knn_10; popped before scoring
-    return out
+    scores = {f"pca_knn_{n}": knn_distance(qry[:, :n], ref[:, :n]) for n in PCA_COMPONENTS}
+    return scores, space
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -206,11 +203,13 @@ def run_one(
     left_out: str,
     prior: str,
     args: argparse.Namespace,
-    baselines: dict[str, Any],
+    baselines: dict[str, np.ndarray],
+    space: Any,
 ) -> dict[str, Any]:
     """Train without ``left_out`` and score the held-out cells; AUROCs and timings.
 
-    ``baselines``: model-free scores of the held-out cells (:func:`pca_knn`), reported beside.
+    ``baselines``, ``space``: model-free scores of the held-out cells and the reference space
+    they were computed in (:func:`pca_knn`), reported beside / reused for ``decoded_knn_10``.
     """
     import scvi
     import torch
@@ -232,11 +231,9 @@ def run_one(
     per_count, per_count_s = timed(
         lambda: model.score_outliers(query, kind="per_count", n_samples=args.n_samples)
     )
-    baselines = dict(baselines)
-    space = baselines.pop("space")
-    reference = sub[np.sort(np.asarray(model.train_indices))].copy()
-    dec_q = space.transform(decoded_profiles(model, query))[:, :10]
-    dec_r = space.transform(decoded_profiles(model, reference))[:, :10]
+    # the default score's reference: the model's training cells, validation cells excluded
+    reference = sub[model._reference_indices()].copy()
+    dec_q, dec_r = (space.transform(decoded_profiles(model, c))[:, :10] for c in (query, reference))
     decoded = knn_distance(dec_q, dec_r)
     positive = test.obs[args.cell_type_key].astype(str).to_numpy() == left_out
     library = np.asarray(test.X.sum(1)).ravel()
@@ -305,14 +302,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     results: list[dict[str, Any]] = []
-    baselines: dict[str, dict[str, Any]] = {}  # model-free: once per left-out type
+    # model-free scores and their fitted space: once per left-out type
+    baselines: dict[str, tuple[dict[str, np.ndarray], Any]] = {}
     for prior in args.priors:
         for cell_type in left_out_types:
             print(f"{prior}: leaving out {cell_type!r}...", flush=True)
             if cell_type not in baselines:
                 keep = train.obs[args.cell_type_key].astype(str) != cell_type
                 baselines[cell_type] = pca_knn(test, train[keep.to_numpy()])
-            res = run_one(train, test, cell_type, prior, args, baselines[cell_type])
+            res = run_one(train, test, cell_type, prior, args, *baselines[cell_type])
             print(
                 "  AUROC "
                 + ", ".join(f"{k} {v:.3f}" for k, v in res["auroc"].items())
