@@ -41,6 +41,7 @@ PEERS = {
 }
 ALL_METHODS = {
     "disentvi": "DisentVI",
+    "disentvi_decode": "DisentVI, unseen='decode'",
     **PEERS,
     "additive": "Additive mean shift",
     "identity": "Identity (control cells)",
@@ -146,8 +147,15 @@ def _write_counts(path: Path, ctrl: ad.AnnData, layers: dict[str, np.ndarray], i
     pred.write_h5ad(path)
 
 
-def run_disentvi(paths, out: Path, seed: int, epochs: int, kwargs: dict) -> dict:
-    """DisentVI on the split; sampled counts and ``return_mean=True`` from one model."""
+def run_disentvi(
+    paths, out: Path, seed: int, epochs: int, kwargs: dict, unseen: str = "transfer"
+) -> dict:
+    """DisentVI on the split; sampled counts and ``return_mean=True`` from one model.
+
+    ``unseen``: how ``predict_counterfactual`` predicts the held-out (type, stimulated) pair,
+    ``"transfer"`` (the default since December 2026) or ``"decode"`` (the decoder's own
+    prediction, the only behaviour before).
+    """
     import scvi
 
     from genvi.model import DisentVI
@@ -165,12 +173,15 @@ def run_disentvi(paths, out: Path, seed: int, epochs: int, kwargs: dict) -> dict
     seconds = time.perf_counter() - start
     layers = {}
     for kind, mean in (("sampled", False), ("mean", True)):
-        x = model.predict_counterfactual(ctrl, {CONDITION: STIMULATED}, return_mean=mean, seed=seed)
+        x = model.predict_counterfactual(
+            ctrl, {CONDITION: STIMULATED}, return_mean=mean, seed=seed, unseen=unseen
+        )
         xx = x.X
         layers[kind] = xx.toarray() if hasattr(xx, "toarray") else np.asarray(xx)
     info = {
         "method": "DisentVI",
         "model_kwargs": kwargs,
+        "unseen": unseen,
         "epochs": epochs,
         "train_s": seconds,
         "sampled": "counts drawn from the NB (predict_counterfactual, seed)",
@@ -234,9 +245,10 @@ def run_all(args, adata: ad.AnnData, cell_types: list[str]) -> dict[str, Any]:
                     continue
                 pred_path = paths["train"].parent / f"{method}_seed{seed}.h5ad"
                 start = time.perf_counter()
-                if method == "disentvi":
+                if method in ("disentvi", "disentvi_decode"):
                     kw = args.disentvi_kwargs
-                    res = run_disentvi(paths, pred_path, seed, args.max_epochs, kw)
+                    unseen = "decode" if method == "disentvi_decode" else "transfer"
+                    res = run_disentvi(paths, pred_path, seed, args.max_epochs, kw, unseen)
                 elif method in ("identity", "additive"):
                     res = run_baseline(method, paths, pred_path)
                 else:

@@ -15,7 +15,13 @@ from scvi.data.fields import CategoricalJointObsField
 from scvi.utils import setup_anndata_dsp
 
 from genvi._registry import document_options
-from genvi.model.base import CountModelBase, as_key_list, setup_condition_fields
+from genvi.model.base import (
+    CountModelBase,
+    ResponseTransferMixin,
+    as_key_list,
+    setup_condition_fields,
+)
+from genvi.model.base._response_transfer import TransferTable
 from genvi.module import DisentVAE
 from genvi.nn import PRIORS, ConditionInputs
 
@@ -90,7 +96,7 @@ class _AttributeJointObsField(CategoricalJointObsField):
 
 
 @document_options(prior=PRIORS)
-class DisentVI(CountModelBase):
+class DisentVI(ResponseTransferMixin, CountModelBase):
     """Disentangled known attributes and unknown factors for count data.
 
     Each known attribute (cell type, perturbation, dose, time, donor...) has its own
@@ -379,6 +385,94 @@ class DisentVI(CountModelBase):
         return out
 
     # ------------------------------------------------------------------ counterfactuals
+    def predict_counterfactual(
+        self,
+        adata: AnnData | None = None,
+        new_conditions: dict | None = None,
+        indices: Sequence[int] | None = None,
+        return_mean: bool = False,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        unseen: Literal["transfer", "decode"] = "transfer",
+    ) -> AnnData:
+        """Each cell as it would look with some attributes changed.
+
+        The cell keeps its unknown latent z_u (posterior mean), library size and batch; the
+        given attributes are replaced and the cell is decoded.
+
+        Parameters
+        ----------
+        adata
+            Cells to transform (the training data by default).
+        new_conditions
+            Attributes to change and their new values, e.g. ``{"condition": "stimulated"}``
+            or ``{"dose": 50.0}``.
+        indices
+            Subset of cells.
+        return_mean
+            Return the expected expression (the likelihood's mean) instead of sampled counts.
+        seed
+            Random seed of the count sampling.
+        batch_size
+            Cells per forward pass.
+        unseen
+            Cells whose context (their other categorical attributes, e.g. the cell type) was
+            never observed with the new value of the one categorical attribute changed
+            (stimulated B cells when only control B cells were in the training data):
+            ``"transfer"`` (default) gives each such cell its own decoded profile plus a
+            response borrowed from the contexts observed with both values, weighted by how
+            well their profiles predict the target's (kernel ridge regression of the model's
+            responses on the contexts' profiles, the ridge chosen by leave-one-context-out
+            among the sources, :func:`~genvi.model.base.transfer_response`); counts are then
+            drawn with the new value's dispersion. ``"decode"``: the decoder's own prediction
+            for the unseen combination. Holding out each Kang cell type's stimulated cells
+            in turn (``benchmarks/counterfactual.py --peers``, 5 types x 2 seeds, sampled
+            counts, medians) transfer raised the top-20 DEG mean R² from 0.749 to 0.813, the
+            variance R² from 0.48 to 0.67 and the Pearson delta on the top-100 DEGs from
+            0.867 to 0.935; the means (``return_mean=True``) lost top-20 mean R² on T cells
+            (median 0.824 to 0.701). Seen combinations, several changed attributes, ordered
+            attributes and Normal likelihoods are always decoded. The result's
+            ``uns["genvi"]["transfer"]`` lists, per transferred context, the source
+            contexts, their weights and the ridge.
+
+        Returns
+        -------
+        AnnData with the counterfactual in ``X`` (sparse counts, or dense means) and ``obs``
+        copied from the input with the changed conditions.
+        """
+        if unseen not in ("transfer", "decode"):
+            raise ValueError(f"unseen must be 'transfer' or 'decode', got {unseen!r}.")
+        new = self._parse_new_conditions(new_conditions)
+        adata = self._validate_anndata(adata)
+        table = None
+        if unseen == "transfer":
+            table = self._transfer_table(adata, indices, new, batch_size)
+        return self._counterfactual(
+            adata,
+            new_conditions,
+            indices,
+            return_mean,
+            seed,
+            batch_size,
+            metadata={"unseen": unseen, "transfer": {} if table is None else table.report},
+            transfer=table,
+        )
+
+    def _counterfactual_decode(
+        self,
+        inference: dict,
+        target: ConditionInputs,
+        batch_index: torch.Tensor,
+        source: ConditionInputs | None = None,
+        transfer: TransferTable | None = None,
+    ):
+        """The decoder's p(x), with the transferred response where the combination is unseen."""
+        z, c_new = self._counterfactual_latent(inference, target)
+        px = self.module.decode(z, c_new, inference["library"], batch_index)
+        if transfer is None or source is None:
+            return px
+        return self._transferred_distribution(px, inference, source, batch_index, transfer)
+
     def _counterfactual_latent(
         self, inference: dict, target: ConditionInputs
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -524,10 +524,15 @@ class HybridVI(CountModelBase):
         inference: dict,
         target: ConditionInputs,
         batch_index: torch.Tensor,
+        source: ConditionInputs | None = None,
         transport: bool = False,
         expected: bool = False,
     ) -> Any:
-        """p(x) (or expected counts) of a minibatch around the predictor's new mean."""
+        """p(x) (or expected counts) of a minibatch around the predictor's new mean.
+
+        ``source`` (the cells' own conditions) is unused: the encoder's ``inference["c"]``
+        already holds them.
+        """
         module = self.module
         c_own, c_new = inference["c"], module.embed(target)
         log_rho = self._log_means(target)

@@ -10,6 +10,7 @@ from ._io import LoadMixin, ModelFileError
 from ._likelihood import LikelihoodMixin
 from ._novelty import NoveltyMixin
 from ._reference import TrainingReferenceMixin
+from ._response_transfer import ResponseTransferMixin, transfer_response
 from ._seeding import seeded
 from ._setup import as_key_list, setup_condition_fields
 from ._training import (
@@ -35,9 +36,11 @@ __all__ = [
     "ModelFileError",
     "NonFiniteLossError",
     "NoveltyMixin",
+    "ResponseTransferMixin",
     "TrainingReferenceMixin",
     "as_key_list",
     "default_kl_warmup",
     "setup_condition_fields",
     "seeded",
+    "transfer_response",
 ]

@@ -133,20 +133,28 @@ class CounterfactualMixin:
                 cont = tensors.get(self._cont_registry_key)
                 cat = cat.to(dev).long() if cat is not None else None
                 cont = cont.to(dev).float() if cont is not None else None
+                source = ConditionInputs(cat, cont)
                 target = ConditionInputs(*schema.substitute(cat, cont, new))
                 batch_index = tensors[REGISTRY_KEYS.BATCH_KEY].to(dev)
-                yield self._counterfactual_decode(inf, target, batch_index, **latent_kwargs)
+                yield self._counterfactual_decode(
+                    inf, target, batch_index, source=source, **latent_kwargs
+                )
 
         return batches()
 
     def _counterfactual_decode(
-        self, inference: dict, target: ConditionInputs, batch_index: torch.Tensor, **kwargs
+        self,
+        inference: dict,
+        target: ConditionInputs,
+        batch_index: torch.Tensor,
+        source: ConditionInputs | None = None,
+        **kwargs,
     ) -> Distribution:
         """p(x) of one minibatch's counterfactual.
 
-        Its latent (:meth:`_counterfactual_latent`) decoded under the new conditions. A model
-        whose decoder needs more than ``(z, c, library, batch)`` (HybridVI: the mean
-        predictor's mean) overrides this.
+        Its latent (:meth:`_counterfactual_latent`) decoded under the new conditions
+        (``source``: the cells' own conditions). A model whose decoder needs more than
+        ``(z, c, library, batch)`` (HybridVI: the mean predictor's mean) overrides this.
         """
         z, c_new = self._counterfactual_latent(inference, target, **kwargs)
         return self.module.decode(z, c_new, inference["library"], batch_index)
