@@ -21,7 +21,6 @@ from genvi.model.base import (
     as_key_list,
     setup_condition_fields,
 )
-from genvi.model.base._response_transfer import TransferTable
 from genvi.module import DisentVAE
 from genvi.nn import PRIORS, ConditionInputs
 
@@ -442,11 +441,6 @@ class DisentVI(ResponseTransferMixin, CountModelBase):
         """
         if unseen not in ("transfer", "decode"):
             raise ValueError(f"unseen must be 'transfer' or 'decode', got {unseen!r}.")
-        new = self._parse_new_conditions(new_conditions)
-        adata = self._validate_anndata(adata)
-        table = None
-        if unseen == "transfer":
-            table = self._transfer_table(adata, indices, new, batch_size)
         return self._counterfactual(
             adata,
             new_conditions,
@@ -454,24 +448,9 @@ class DisentVI(ResponseTransferMixin, CountModelBase):
             return_mean,
             seed,
             batch_size,
-            metadata={"unseen": unseen, "transfer": {} if table is None else table.report},
-            transfer=table,
+            metadata={"unseen": unseen},
+            unseen=unseen,
         )
-
-    def _counterfactual_decode(
-        self,
-        inference: dict,
-        target: ConditionInputs,
-        batch_index: torch.Tensor,
-        source: ConditionInputs | None = None,
-        transfer: TransferTable | None = None,
-    ):
-        """The decoder's p(x), with the transferred response where the combination is unseen."""
-        z, c_new = self._counterfactual_latent(inference, target)
-        px = self.module.decode(z, c_new, inference["library"], batch_index)
-        if transfer is None or source is None:
-            return px
-        return self._transferred_distribution(px, inference, source, batch_index, transfer)
 
     def _counterfactual_latent(
         self, inference: dict, target: ConditionInputs

@@ -81,6 +81,10 @@ class CounterfactualMixin:
         new = self._parse_new_conditions(new_conditions)
         adata = self._validate_anndata(adata)
         self.module.eval()
+        hook_kwargs, extra = self._prepare_counterfactual(
+            adata, indices, new, batch_size, **hook_kwargs
+        )
+        metadata = {**(metadata or {}), **extra}
         # prepared before seeding (encoding may draw random numbers), consumed inside
         batches = self._counterfactual_distributions(adata, indices, new, batch_size, **hook_kwargs)
         xs = []
@@ -89,8 +93,23 @@ class CounterfactualMixin:
                 xs.append((px.mean if return_mean else px.sample()).cpu().numpy())
         x = np.concatenate(xs).astype(np.float32)
         return self._counterfactual_result(
-            adata, indices, x, new, return_mean, seed=seed, **(metadata or {})
+            adata, indices, x, new, return_mean, seed=seed, **metadata
         )
+
+    def _prepare_counterfactual(
+        self,
+        adata: AnnData,
+        indices: Sequence[int] | None,
+        new: dict,
+        batch_size: int | None,
+        **hook_kwargs,
+    ) -> tuple[dict, dict]:
+        """Work a model does once per call on the validated cells, before any minibatch.
+
+        Returns the keyword arguments for :meth:`_counterfactual_distributions` and extra
+        ``uns["genvi"]`` metadata (DisentVI: its response-transfer table and report).
+        """
+        return hook_kwargs, {}
 
     def _parse_new_conditions(self, new_conditions: dict | None) -> dict:
         """Validated ``{key: value}``; a missing (None / NaN) value is an error here."""

@@ -160,6 +160,35 @@ class ResponseTransferMixin:
     target's, and added to each cell's own decoded profile under ``v0``.
     """
 
+    def _prepare_counterfactual(
+        self,
+        adata: AnnData,
+        indices: Sequence[int] | None,
+        new: dict,
+        batch_size: int | None,
+        unseen: str = "transfer",
+    ) -> tuple[dict, dict]:
+        """The response-transfer table of the unseen combinations (``unseen="transfer"``)."""
+        table = None
+        if unseen == "transfer":
+            table = self._transfer_table(adata, indices, new, batch_size)
+        report = {} if table is None else table.report
+        return {"transfer": table}, {"transfer": report}
+
+    def _counterfactual_decode(
+        self,
+        inference: dict,
+        target: ConditionInputs,
+        batch_index: torch.Tensor,
+        source: ConditionInputs | None = None,
+        transfer: TransferTable | None = None,
+    ) -> Distribution:
+        """The decoder's p(x), with the transferred response where the combination is unseen."""
+        px = super()._counterfactual_decode(inference, target, batch_index)
+        if transfer is None or source is None:
+            return px
+        return self._transferred_distribution(px, inference, source, batch_index, transfer)
+
     def _transfer_table(
         self, adata: AnnData, indices: Sequence[int] | None, new: dict, batch_size: int | None
     ) -> TransferTable | None:
@@ -196,23 +225,26 @@ class ResponseTransferMixin:
         def label(ctx: tuple[int, ...]) -> str:
             return " / ".join(schema.categorical[keys[i]][c] for i, c in zip(context, ctx))
 
-        cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        cache: dict[tuple, tuple[np.ndarray, np.ndarray | None]] = {}
 
-        def profile_and_response(ctx: tuple[int, ...], v0: int) -> tuple[np.ndarray, np.ndarray]:
-            if (ctx, v0) not in cache:
+        def profile_and_response(
+            ctx: tuple[int, ...], v0: int, response: bool = True
+        ) -> tuple[np.ndarray, np.ndarray | None]:
+            # a source's response is needed, the target's (the decoder's guess) is not
+            if (ctx, v0) not in cache or (response and cache[(ctx, v0)][1] is None):
                 cells = np.flatnonzero(train_ok & (train == [*ctx, v0]).all(1))
                 if len(cells) > _MAX_CELLS:  # a fixed subsample: the means are precise enough
                     cells = np.sort(np.random.default_rng(0).choice(cells, _MAX_CELLS, False))
-                cache[(ctx, v0)] = self._mean_log_profiles(cells, j, v, batch_size)
+                moved_to = v if response else None
+                cache[(ctx, v0)] = self._mean_log_profiles(cells, j, moved_to, batch_size)
             return cache[(ctx, v0)]
 
         rows, shifts, report = {}, [], {}
         for ctx, v0 in wanted:
             name = f"{label(ctx)}: {schema.categorical[key][v0]} -> {schema.categorical[key][v]}"
             sources = sorted(
-                c for (*c, val) in seen if val == v0 and tuple(c) != ctx and (*c, v) in seen
+                tuple(c) for (*c, val) in seen if val == v0 and tuple(c) != ctx and (*c, v) in seen
             )
-            sources = [tuple(c) for c in sources]
             if (*ctx, v0) not in seen or not sources:
                 report[name] = {"transferred": False, "reason": "no source context"}
                 logger.warning(
@@ -222,7 +254,7 @@ class ResponseTransferMixin:
                     name,
                 )
                 continue
-            target, _ = profile_and_response(ctx, v0)
+            target, _ = profile_and_response(ctx, v0, response=False)
             profiles, responses = zip(*(profile_and_response(c, v0) for c in sources))
             fit = transfer_response(target, np.stack(profiles), np.stack(responses))
             rows[(*ctx, v0)] = len(shifts)
@@ -244,36 +276,36 @@ class ResponseTransferMixin:
 
     @torch.inference_mode()
     def _mean_log_profiles(
-        self, cells: np.ndarray, key: int, value: int, batch_size: int | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, cells: np.ndarray, key: int, value: int | None, batch_size: int | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean log1p profile of training cells under their own values, and their response.
 
         The response is the mean log1p profile with categorical column ``key`` set to
         ``value`` minus the one under the cells' own values (latents kept, as in a
-        counterfactual).
+        counterfactual); ``None`` when ``value`` is ``None``.
         """
         self.module.eval()
         loader = self._make_data_loader(adata=self.adata, indices=cells, batch_size=batch_size)
         dev = self.module.device
-        own_sum, new_sum = 0.0, 0.0
+        sums = [0.0, 0.0]  # own values, moved to ``value``
         for tensors in loader:
             inf = self.module.inference(**self.module._get_inference_input(tensors))
             cat = tensors[self._cat_registry_key].to(dev).long()
             cont = tensors.get(self._cont_registry_key)
             cont = cont.to(dev).float() if cont is not None else None
-            moved = cat.clone()
-            moved[:, key] = value
             batch_index = tensors[REGISTRY_KEYS.BATCH_KEY].to(dev)
-            for cats, acc in ((cat, "own"), (moved, "new")):
+            codes = [cat]
+            if value is not None:
+                codes.append(cat.clone())
+                codes[1][:, key] = value
+            for i, cats in enumerate(codes):
                 z, c = self._counterfactual_latent(inf, ConditionInputs(cats, cont))
                 px = self.module.decode(z, c, inf["library"], batch_index)
-                part = torch.log1p(_PROFILE_SCALE * px.scale).sum(0).double().cpu().numpy()
-                if acc == "own":
-                    own_sum = own_sum + part
-                else:
-                    new_sum = new_sum + part
-        own, new = own_sum / len(cells), new_sum / len(cells)
-        return own, new - own
+                sums[i] = (
+                    sums[i] + torch.log1p(_PROFILE_SCALE * px.scale).sum(0).double().cpu().numpy()
+                )
+        own = sums[0] / len(cells)
+        return own, None if value is None else sums[1] / len(cells) - own
 
     def _transferred_distribution(
         self,
