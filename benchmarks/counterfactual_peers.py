@@ -41,6 +41,7 @@ PEERS = {
 }
 ALL_METHODS = {
     "disentvi": "DisentVI",
+    "disentvi_ridge": "DisentVI, transfer_method='ridge'",
     "disentvi_decode": "DisentVI, unseen='decode'",
     **PEERS,
     "additive": "Additive mean shift",
@@ -148,13 +149,20 @@ def _write_counts(path: Path, ctrl: ad.AnnData, layers: dict[str, np.ndarray], i
 
 
 def run_disentvi(
-    paths, out: Path, seed: int, epochs: int, kwargs: dict, unseen: str = "transfer"
+    paths,
+    out: Path,
+    seed: int,
+    epochs: int,
+    kwargs: dict,
+    unseen: str = "transfer",
+    transfer_method: str = "simplex",
 ) -> dict:
     """DisentVI on the split; sampled counts and ``return_mean=True`` from one model.
 
     ``unseen``: how ``predict_counterfactual`` predicts the held-out (type, stimulated) pair,
     ``"transfer"`` (the default since December 2026) or ``"decode"`` (the decoder's own
-    prediction, the only behaviour before).
+    prediction, the only behaviour before); ``transfer_method``: how the source types are
+    weighed, ``"simplex"`` (the default since 2 December 2026) or ``"ridge"``.
     """
     import scvi
 
@@ -174,7 +182,12 @@ def run_disentvi(
     layers = {}
     for kind, mean in (("sampled", False), ("mean", True)):
         x = model.predict_counterfactual(
-            ctrl, {CONDITION: STIMULATED}, return_mean=mean, seed=seed, unseen=unseen
+            ctrl,
+            {CONDITION: STIMULATED},
+            return_mean=mean,
+            seed=seed,
+            unseen=unseen,
+            transfer_method=transfer_method,
         )
         xx = x.X
         layers[kind] = xx.toarray() if hasattr(xx, "toarray") else np.asarray(xx)
@@ -182,6 +195,7 @@ def run_disentvi(
         "method": "DisentVI",
         "model_kwargs": kwargs,
         "unseen": unseen,
+        "transfer_method": transfer_method,
         "epochs": epochs,
         "train_s": seconds,
         "sampled": "counts drawn from the NB (predict_counterfactual, seed)",
@@ -245,10 +259,11 @@ def run_all(args, adata: ad.AnnData, cell_types: list[str]) -> dict[str, Any]:
                     continue
                 pred_path = paths["train"].parent / f"{method}_seed{seed}.h5ad"
                 start = time.perf_counter()
-                if method in ("disentvi", "disentvi_decode"):
+                if method.startswith("disentvi"):
                     kw = args.disentvi_kwargs
                     unseen = "decode" if method == "disentvi_decode" else "transfer"
-                    res = run_disentvi(paths, pred_path, seed, args.max_epochs, kw, unseen)
+                    how = "ridge" if method == "disentvi_ridge" else "simplex"
+                    res = run_disentvi(paths, pred_path, seed, args.max_epochs, kw, unseen, how)
                 elif method in ("identity", "additive"):
                     res = run_baseline(method, paths, pred_path)
                 else:

@@ -16,9 +16,11 @@ different seed does. Measured values of the current model (B cells held out, top
 ==========================================  =======  ========  ===========================
 run                                         mean R²  var R²    source
 ==========================================  =======  ========  ===========================
-dev. machine (Dec 2), seed 0, sampled       0.715    0.504     counterfactual_kang_peers
-dev. machine (Dec 2), seed 1, sampled       0.703    0.535     (response transfer, default)
-dev. machine (Dec 2), seed 0, decoded       0.707    0.490     (``unseen="decode"``; the
+dev. machine (Dec 2), seed 0, sampled       0.710    0.519     counterfactual_kang_peers
+dev. machine (Dec 2), seed 1, sampled       0.762    0.541     (simplex transfer, default)
+dev. machine (Dec 1), seed 0, sampled       0.715    0.504     (``transfer_method="ridge"``)
+dev. machine (Dec 1), seed 1, sampled       0.703    0.535
+dev. machine (Dec 1), seed 0, decoded       0.707    0.490     (``unseen="decode"``; the
                                                                code before transfer gives
                                                                the same on this machine)
 dev. machine (Nov 30), seed 0, sampled      0.667    0.501     counterfactual_guard_spread
@@ -144,10 +146,11 @@ def test_disentvi_kang_cd14_monocytes_response_transfer_guard():
     """CD14+ monocytes held out: response transfer (the default) against the decoder alone.
 
     The type every method fails on (its response is the largest); transfer borrows mostly
-    from FCGR3A+ monocytes. Measured on the development machine (``counterfactual.py --peers
-    disentvi,disentvi_decode``, one thread, sampled counts; seed 0 / seed 1): top-20 DEG mean
-    R² -1.08 / -0.96 with transfer vs -3.27 / -2.25 decoded, Pearson delta top-100 0.921 /
-    0.938 vs 0.823 / 0.868, top-20 variance R² 0.46 / 0.49 vs -0.13 / 0.14. The floors keep
+    from FCGR3A+ monocytes (simplex weight 0.96 / 0.97). Measured on the development machine
+    (``counterfactual.py --peers disentvi,disentvi_decode``, one thread, sampled counts; seed
+    0 / seed 1): top-20 DEG mean R² -1.05 / -0.98 with transfer vs -3.27 / -2.25 decoded,
+    Pearson delta top-100 0.922 / 0.937 vs 0.823 / 0.868, top-20 variance R² 0.43 / 0.50 vs
+    -0.13 / 0.14 (kernel-ridge transfer: -1.08 / -0.96, 0.921 / 0.938, 0.46 / 0.49). The floors keep
     about half of the smaller seed's gain, so a change that loses the transfer (or makes it a
     no-op) fails, while kernel and thread differences between machines (up to 0.04 on B
     cells' mean R²) do not.

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from anndata import AnnData
+from scipy.optimize import nnls
 from scvi import REGISTRY_KEYS
 from torch.distributions import Distribution
 
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 #: ridge strengths, relative to the mean squared norm of the centred profiles; ``inf`` is the
 #: plain mean response (every context weighted alike)
 RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, np.inf)
+#: ways to weigh the source contexts, see :func:`transfer_response`
+TRANSFER_METHODS = ("simplex", "ridge")
 
 
 @dataclass
@@ -32,15 +35,21 @@ class TransferredResponse:
     response
         Predicted response, ``(n_genes,)``.
     weights
-        Weight of each source context's *centred* response (the prediction is the mean
-        response plus ``weights @ (responses - mean response)``).
+        Weight of each source context. ``method="simplex"``: non-negative weights summing to
+        one, the prediction is ``weights @ responses``; ``method="ridge"``: weights of the
+        *centred* responses, the prediction is the mean response plus
+        ``weights @ (responses - mean response)``.
     ridge
-        The chosen relative ridge strength (``inf``: the mean response).
+        The chosen relative ridge strength (``inf``: the mean response); ``nan`` for
+        ``method="simplex"``, which has none.
+    method
+        How the weights were found.
     """
 
     response: np.ndarray
     weights: np.ndarray
     ridge: float
+    method: str = "ridge"
 
 
 def _ridge_weights(target: np.ndarray, profiles: np.ndarray, ridge: float) -> np.ndarray:
@@ -60,22 +69,47 @@ def _predict(target, profiles, responses, ridge) -> tuple[np.ndarray, np.ndarray
     return mean + weights @ (responses - mean), weights
 
 
+def _simplex_weights(target: np.ndarray, profiles: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to one whose mix of the profiles is nearest the target.
+
+    Least squares on the simplex, solved as non-negative least squares with the sum
+    constraint appended as one heavily weighted row (exact up to ~1e-6 of the weights).
+    """
+    scale = np.sqrt(max(float(np.mean(np.sum(profiles**2, 1))), np.finfo(float).tiny))
+    heavy = 1e3 * scale
+    design = np.vstack([profiles.T, np.full(len(profiles), heavy)])
+    weights, _ = nnls(design, np.append(target, heavy), maxiter=100 * len(profiles))
+    total = weights.sum()
+    return weights / total if total > 0 else np.full(len(profiles), 1.0 / len(profiles))
+
+
 def transfer_response(
     target_profile: np.ndarray,
     profiles: np.ndarray,
     responses: np.ndarray,
+    method: str = "simplex",
     ridge_grid: tuple[float, ...] = RIDGE_GRID,
 ) -> TransferredResponse:
     """Predict a context's response from the responses of other contexts.
 
-    The response (e.g. the stimulation effect, ``(n_genes,)``) is modelled as a linear
-    function of the context's baseline profile (e.g. the cell type's control expression),
-    fitted over the source contexts by kernel ridge regression in the profiles' centred
-    linear kernel: ``r(p) = mean(r) + sum_k w_k(p) (r_k - mean(r))``. Contexts whose profiles
-    resemble the target's weigh more, and a target beyond the sources (a stronger version
-    of one) may be extrapolated to. The ridge strength is chosen by leave-one-context-out
-    over the sources alone (the target's response is never used); with fewer than three
-    sources the mean response is returned.
+    ``method="simplex"`` (default; a synthetic control): the target's baseline profile (e.g.
+    the cell type's control expression) is approximated by the mix of the source contexts'
+    profiles with non-negative weights summing to one, ``min ||p - sum_k w_k p_k||``, and
+    the same mix of their responses is the prediction, ``r = sum_k w_k r_k``. It has no
+    setting to choose, never extrapolates beyond the sources' responses and puts weight
+    only on contexts that resemble the target.
+
+    ``method="ridge"``: the response is a linear function of the profile, fitted over the
+    source contexts by kernel ridge regression in the profiles' centred linear kernel,
+    ``r(p) = mean(r) + sum_k w_k(p) (r_k - mean(r))``; weights may be negative and a target
+    beyond the sources may be extrapolated to. The ridge strength is chosen by
+    leave-one-context-out over the sources alone (the target's response is never used);
+    with fewer than three sources the mean response is returned.
+
+    On Kang IFN-beta with one cell type's stimulated cells held out (log-normalised
+    pseudo-bulk, 2,000 variable genes; ``benchmarks/transfer_probe.py``), the simplex gave
+    median top-20 DEG mean R² 0.950 (5 types) and 0.799 (8 types of the harmony file)
+    against 0.941 and 0.741 for the ridge.
 
     Parameters
     ----------
@@ -85,9 +119,11 @@ def transfer_response(
         Source contexts' baseline profiles, ``(n_sources, n_features)``.
     responses
         Source contexts' responses, ``(n_sources, n_genes)``.
+    method
+        ``"simplex"`` or ``"ridge"``, see above.
     ridge_grid
-        Relative ridge strengths to choose from (multiples of the mean squared norm of the
-        centred profiles); ``inf`` gives the mean response.
+        ``method="ridge"``: relative ridge strengths to choose from (multiples of the mean
+        squared norm of the centred profiles); ``inf`` gives the mean response.
 
     Returns
     -------
@@ -102,6 +138,13 @@ def transfer_response(
             f"transfer_response needs one response per source profile and at least one source; "
             f"got {n} profiles and {len(responses)} responses."
         )
+    if method not in TRANSFER_METHODS:
+        raise ValueError(
+            f"transfer_response: method must be one of {TRANSFER_METHODS}, got {method!r}."
+        )
+    if method == "simplex":
+        weights = _simplex_weights(target_profile, profiles)
+        return TransferredResponse(weights @ responses, weights, float("nan"), "simplex")
     if n < 3:
         ridge = np.inf
     else:
@@ -115,7 +158,7 @@ def transfer_response(
             errors.append(err)
         ridge = float(ridge_grid[int(np.argmin(errors))])
     response, weights = _predict(target_profile, profiles, responses, ridge)
-    return TransferredResponse(response=response, weights=weights, ridge=ridge)
+    return TransferredResponse(response=response, weights=weights, ridge=ridge, method="ridge")
 
 
 # ---------------------------------------------------------------------- in a count VAE
@@ -167,11 +210,12 @@ class ResponseTransferMixin:
         new: dict,
         batch_size: int | None,
         unseen: str = "transfer",
+        transfer_method: str = "simplex",
     ) -> tuple[dict, dict]:
         """The response-transfer table of the unseen combinations (``unseen="transfer"``)."""
         table = None
         if unseen == "transfer":
-            table = self._transfer_table(adata, indices, new, batch_size)
+            table = self._transfer_table(adata, indices, new, batch_size, transfer_method)
         report = {} if table is None else table.report
         return {"transfer": table}, {"transfer": report}
 
@@ -190,7 +234,12 @@ class ResponseTransferMixin:
         return self._transferred_distribution(px, inference, source, batch_index, transfer)
 
     def _transfer_table(
-        self, adata: AnnData, indices: Sequence[int] | None, new: dict, batch_size: int | None
+        self,
+        adata: AnnData,
+        indices: Sequence[int] | None,
+        new: dict,
+        batch_size: int | None,
+        method: str = "simplex",
     ) -> TransferTable | None:
         """The transferred responses needed by these cells, or ``None`` when there are none.
 
@@ -256,15 +305,17 @@ class ResponseTransferMixin:
                 continue
             target, _ = profile_and_response(ctx, v0, response=False)
             profiles, responses = zip(*(profile_and_response(c, v0) for c in sources))
-            fit = transfer_response(target, np.stack(profiles), np.stack(responses))
+            fit = transfer_response(target, np.stack(profiles), np.stack(responses), method)
             rows[(*ctx, v0)] = len(shifts)
             shifts.append(fit.response)
             report[name] = {
                 "transferred": True,
+                "method": fit.method,
                 "sources": [label(c) for c in sources],
                 "weights": [float(w) for w in fit.weights],
-                "ridge": float(fit.ridge),
             }
+            if fit.method == "ridge":
+                report[name]["ridge"] = float(fit.ridge)
         # an empty table (no context could be transferred) still carries the report
         n_genes = self.adata.n_vars
         shift = torch.as_tensor(
