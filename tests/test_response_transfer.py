@@ -201,3 +201,38 @@ def test_seen_combinations_are_decoded_as_before(family_model):
         model.predict_counterfactual(cells, {"treatment": "treated"}, unseen="nearest")
     with pytest.raises(ValueError, match="transfer_method must be one of"):
         model.predict_counterfactual(cells, {"treatment": "treated"}, transfer_method="knn")
+
+
+def test_report_says_why_a_combination_was_not_transferred():
+    """Decoded, with the reason in ``uns``, when there is no profile or no source."""
+    rng = np.random.default_rng(3)
+    groups = [("a", "ctrl"), ("b", "ctrl"), ("b", "stim"), ("c", "other")]
+    x = rng.poisson(3.0, size=(40 * len(groups), 30)).astype(np.float32)
+    obs = pd.DataFrame([g for g in groups for _ in range(40)], columns=["type", "cond"])
+    obs["type"] = pd.Categorical(obs["type"])
+    obs["cond"] = pd.Categorical(obs["cond"], ["ctrl", "stim", "other"])
+    adata = ad.AnnData(X=sparse.csr_matrix(x), obs=obs)
+    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
+    scvi.settings.seed = 0
+    DisentVI.setup_anndata(adata, categorical_attributes=["type", "cond"])
+    model = quiet_train(DisentVI(adata, n_latent=3), max_epochs=3)
+    query = adata[:80].copy()
+    query.obs["type"] = pd.Categorical(["a"] * 80, ["a", "b", "c"])
+    query.obs["cond"] = pd.Categorical(["ctrl"] * 40 + ["other"] * 40, ["ctrl", "stim", "other"])
+    to_other = model.predict_counterfactual(query[:40].copy(), {"cond": "other"}, return_mean=True)
+    report = to_other.uns["genvi"]["transfer"]["a: ctrl -> other"]
+    assert not report["transferred"]
+    assert report["reason"] == "no other context was observed with both cond values"
+    to_stim = model.predict_counterfactual(query, {"cond": "stim"}, return_mean=True)
+    report = to_stim.uns["genvi"]["transfer"]
+    assert report["a: ctrl -> stim"]["transferred"]  # from b, the only source
+    assert report["a: ctrl -> stim"]["weights"] == [1.0]
+    assert report["a: other -> stim"] == {
+        "transferred": False,
+        "reason": "a was not observed with other in training",
+    }
+    # untransferred cells are the decoder's prediction
+    decoded = model.predict_counterfactual(
+        query, {"cond": "stim"}, return_mean=True, unseen="decode"
+    )
+    np.testing.assert_array_equal(to_stim.X[40:], decoded.X[40:])

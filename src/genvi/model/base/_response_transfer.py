@@ -295,12 +295,19 @@ class ResponseTransferMixin:
                 tuple(c) for (*c, val) in seen if val == v0 and tuple(c) != ctx and (*c, v) in seen
             )
             if (*ctx, v0) not in seen or not sources:
-                report[name] = {"transferred": False, "reason": "no source context"}
+                # without training cells of the target's own combination there is no profile
+                # to match; without sources there is no response to borrow
+                reason = (
+                    f"{label(ctx)} was not observed with {schema.categorical[key][v0]} in training"
+                    if (*ctx, v0) not in seen
+                    else f"no other context was observed with both {key} values"
+                )
+                report[name] = {"transferred": False, "reason": reason}
                 logger.warning(
-                    "predict_counterfactual: no context observed with both %s values to transfer "
-                    "the response of %s from; the decoder predicts it.",
-                    key,
+                    "predict_counterfactual: cannot transfer the response of %s (%s); the "
+                    "decoder predicts it.",
                     name,
+                    reason,
                 )
                 continue
             target, _ = profile_and_response(ctx, v0, response=False)
