@@ -254,6 +254,27 @@ def predict_scvi(train, ctrl, epochs, seed) -> tuple[ad.AnnData, float]:
     return as_counts(ctrl, x.reshape(ctrl.n_obs, ctrl.n_vars)), seconds
 
 
+def held_out_split(adata: ad.AnnData, ct: str) -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
+    """The split of one held-out type: training cells (all but its stimulated cells), its
+    control cells (to predict from) and its stimulated cells (to score against)."""
+    is_ct = (adata.obs[CELL_TYPE] == ct).to_numpy()
+    is_stim = (adata.obs[CONDITION] == STIMULATED).to_numpy()
+    return (
+        adata[~(is_ct & is_stim)].copy(),
+        adata[is_ct & ~is_stim].copy(),
+        adata[is_ct & is_stim].copy(),
+    )
+
+
+def shifted_control(ctrl: ad.AnnData, shift: np.ndarray) -> ad.AnnData:
+    """The control cells' log-normalised expression plus ``shift``, as counts at their depth."""
+    xc = _dense(ctrl.X)
+    pred = np.expm1(np.maximum(_log_norm(xc) + shift, 0.0))
+    # back to the control cells' depth; the metrics renormalise per cell
+    pred = pred / 1e4 * np.maximum(xc.sum(1, keepdims=True), 1.0)
+    return as_counts(ctrl, pred)
+
+
 def predict_additive(train, ctrl) -> ad.AnnData:
     """Control cells plus the mean log-normalised stimulation shift of the other types."""
     x = _dense(train.X)
@@ -266,11 +287,7 @@ def predict_additive(train, ctrl) -> ad.AnnData:
         con = is_ct & (obs[CONDITION] == CONTROL).to_numpy()
         if stim.any() and con.any():
             shifts.append(y[stim].mean(0) - y[con].mean(0))
-    xc = _dense(ctrl.X)
-    pred = np.expm1(np.maximum(_log_norm(xc) + np.mean(shifts, axis=0), 0.0))
-    # back to the control cells' depth; the metrics renormalise per cell
-    pred = pred / 1e4 * np.maximum(xc.sum(1, keepdims=True), 1.0)
-    return as_counts(ctrl, pred)
+    return shifted_control(ctrl, np.mean(shifts, axis=0))
 
 
 # ---------------------------------------------------------------------------- imputation
@@ -467,11 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     for ct in cell_types:
-        is_ct = (adata.obs[CELL_TYPE] == ct).to_numpy()
-        is_stim = (adata.obs[CONDITION] == STIMULATED).to_numpy()
-        train = adata[~(is_ct & is_stim)].copy()
-        ctrl = adata[is_ct & ~is_stim].copy()
-        observed = adata[is_ct & is_stim].copy()
+        train, ctrl, observed = held_out_split(adata, ct)
         results[ct] = {}
         for method in args.methods:
             seconds = None

@@ -48,6 +48,7 @@ from counterfactual import (  # noqa: E402
     STIMULATED,
     _dense,
     as_counts,
+    held_out_split,
 )
 
 MODES = {
@@ -65,10 +66,7 @@ def run_type(adata, cell_type: str, seed: int, epochs: int) -> dict:
     from genvi.metrics import counterfactual_scores
     from genvi.model import DisentVI
 
-    is_type = (adata.obs[CELL_TYPE] == cell_type).to_numpy()
-    is_stim = (adata.obs[CONDITION] == STIMULATED).to_numpy()
-    train = adata[~(is_type & is_stim)].copy()
-    ctrl, observed = adata[is_type & ~is_stim].copy(), adata[is_type & is_stim].copy()
+    train, ctrl, observed = held_out_split(adata, cell_type)
     scvi.settings.seed = seed
     DisentVI.setup_anndata(train, categorical_attributes=[CELL_TYPE, CONDITION])
     model = DisentVI(train)
@@ -78,8 +76,8 @@ def run_type(adata, cell_type: str, seed: int, epochs: int) -> dict:
     out["n_observed"] = observed.n_obs
     for mode, kwargs in MODES.items():
         for kind, mean in (("sampled", False), ("mean", True)):
-            pred = model.predict_counterfactual(
-                ctrl.copy(), {CONDITION: STIMULATED}, seed=seed, return_mean=mean, **kwargs
+            pred = model.predict_counterfactual(  # leaves ``ctrl`` as it was
+                ctrl, {CONDITION: STIMULATED}, seed=seed, return_mean=mean, **kwargs
             )
             s = counterfactual_scores(ctrl, as_counts(ctrl, _dense(pred.X)), observed)
             out[f"{mode}_{kind}"] = {

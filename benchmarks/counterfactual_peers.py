@@ -64,13 +64,12 @@ def split_files(adata: ad.AnnData, ct: str) -> dict[str, Path]:
     if all(p.is_file() for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
-    is_ct = (adata.obs[CELL_TYPE] == ct).to_numpy()
-    is_stim = (adata.obs[CONDITION] == STIMULATED).to_numpy()
+    from counterfactual import held_out_split
+
     keep = adata.obs[[CELL_TYPE, CONDITION]].copy()
     bare = ad.AnnData(X=adata.X.copy(), obs=keep, var=pd.DataFrame(index=adata.var_names))
-    bare[~(is_ct & is_stim)].copy().write_h5ad(paths["train"])
-    bare[is_ct & ~is_stim].copy().write_h5ad(paths["ctrl"])
-    bare[is_ct & is_stim].copy().write_h5ad(paths["observed"])
+    for name, part in zip(("train", "ctrl", "observed"), held_out_split(bare, ct)):
+        part.write_h5ad(paths[name])
     return paths
 
 

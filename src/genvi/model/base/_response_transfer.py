@@ -49,7 +49,7 @@ class TransferredResponse:
     response: np.ndarray
     weights: np.ndarray
     ridge: float
-    method: str = "ridge"
+    method: str
 
 
 def _ridge_weights(target: np.ndarray, profiles: np.ndarray, ridge: float) -> np.ndarray:
