@@ -41,6 +41,7 @@ PEERS = {
 }
 ALL_METHODS = {
     "disentvi": "DisentVI",
+    "disentvi_own": "DisentVI, transfer_dispersion='own'",
     "disentvi_ridge": "DisentVI, transfer_method='ridge'",
     "disentvi_decode": "DisentVI, unseen='decode'",
     **PEERS,
@@ -155,13 +156,15 @@ def run_disentvi(
     kwargs: dict,
     unseen: str = "transfer",
     transfer_method: str = "simplex",
+    transfer_dispersion: str = "sources",
 ) -> dict:
     """DisentVI on the split; sampled counts and ``return_mean=True`` from one model.
 
     ``unseen``: how ``predict_counterfactual`` predicts the held-out (type, stimulated) pair,
     ``"transfer"`` (the default since December 2026) or ``"decode"`` (the decoder's own
     prediction, the only behaviour before); ``transfer_method``: how the source types are
-    weighed, ``"simplex"`` (the default since 2 December 2026) or ``"ridge"``.
+    weighed, ``"simplex"`` (the default since 2 December 2026) or ``"ridge"``;
+    ``transfer_dispersion``: ``"sources"`` (the default since 2 December 2026) or ``"own"``.
     """
     import scvi
 
@@ -187,6 +190,7 @@ def run_disentvi(
             seed=seed,
             unseen=unseen,
             transfer_method=transfer_method,
+            transfer_dispersion=transfer_dispersion,
         )
         xx = x.X
         layers[kind] = xx.toarray() if hasattr(xx, "toarray") else np.asarray(xx)
@@ -195,6 +199,7 @@ def run_disentvi(
         "model_kwargs": kwargs,
         "unseen": unseen,
         "transfer_method": transfer_method,
+        "transfer_dispersion": transfer_dispersion,
         "epochs": epochs,
         "train_s": seconds,
         "sampled": "counts drawn from the NB (predict_counterfactual, seed)",
@@ -262,7 +267,10 @@ def run_all(args, adata: ad.AnnData, cell_types: list[str]) -> dict[str, Any]:
                     kw = args.disentvi_kwargs
                     unseen = "decode" if method == "disentvi_decode" else "transfer"
                     how = "ridge" if method == "disentvi_ridge" else "simplex"
-                    res = run_disentvi(paths, pred_path, seed, args.max_epochs, kw, unseen, how)
+                    disp = "own" if method == "disentvi_own" else "sources"
+                    res = run_disentvi(
+                        paths, pred_path, seed, args.max_epochs, kw, unseen, how, disp
+                    )
                 elif method in ("identity", "additive"):
                     res = run_baseline(method, paths, pred_path)
                 else:

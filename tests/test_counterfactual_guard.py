@@ -16,8 +16,14 @@ different seed does. Measured values of the current model (B cells held out, top
 ==========================================  =======  ========  ===========================
 run                                         mean R²  var R²    source
 ==========================================  =======  ========  ===========================
-dev. machine (Dec 2), seed 0, sampled       0.710    0.519     counterfactual_kang_peers
-dev. machine (Dec 2), seed 1, sampled       0.762    0.541     (simplex transfer, default)
+dev. machine B (Dec 2), seed 0, sampled     0.729    0.544     counterfactual_kang_peers
+dev. machine B (Dec 2), seed 1, sampled     0.757    0.581     (simplex transfer, sources'
+                                                               dispersion: the default)
+dev. machine B (Dec 2), seed 0, sampled     0.720    0.564     (``transfer_dispersion=
+dev. machine B (Dec 2), seed 1, sampled     0.768    0.527     "own"``; 01dbd29's code
+                                                               gives the same seed 0)
+dev. machine (Dec 2), seed 0, sampled       0.710    0.519     (simplex, own dispersion,
+dev. machine (Dec 2), seed 1, sampled       0.762    0.541     the earlier default)
 dev. machine (Dec 1), seed 0, sampled       0.715    0.504     (``transfer_method="ridge"``)
 dev. machine (Dec 1), seed 1, sampled       0.703    0.535
 dev. machine (Dec 1), seed 0, decoded       0.707    0.490     (``unseen="decode"``; the
@@ -148,9 +154,12 @@ def test_disentvi_kang_cd14_monocytes_response_transfer_guard():
     The type every method fails on (its response is the largest); transfer borrows mostly
     from FCGR3A+ monocytes (simplex weight 0.96 / 0.97). Measured on the development machine
     (``counterfactual.py --peers disentvi,disentvi_decode``, one thread, sampled counts; seed
-    0 / seed 1): top-20 DEG mean R² -1.05 / -0.98 with transfer vs -3.27 / -2.25 decoded,
-    Pearson delta top-100 0.922 / 0.937 vs 0.823 / 0.868, top-20 variance R² 0.43 / 0.50 vs
-    -0.13 / 0.14 (kernel-ridge transfer: -1.08 / -0.96, 0.921 / 0.938, 0.46 / 0.49). The floors keep
+    0 / seed 1): top-20 DEG mean R² -1.05 / -0.98 with transfer (own dispersion, the earlier
+    default) vs -3.27 / -2.25 decoded, Pearson delta top-100 0.922 / 0.937 vs 0.823 /
+    0.868, top-20 variance R² 0.43 / 0.50 vs -0.13 / 0.14 (kernel-ridge transfer: -1.08 /
+    -0.96, 0.921 / 0.938, 0.46 / 0.49). The default now (sources' dispersion; another machine,
+    ``counterfactual_modes.py``): -0.76 / -0.73 vs -3.07 / -1.86 decoded, Pearson delta 0.927 /
+    0.941 vs 0.826 / 0.881, variance R² 0.38 / 0.52 vs -0.11 / 0.30. The floors keep
     about half of the smaller seed's gain, so a change that loses the transfer (or makes it a
     no-op) fails, while kernel and thread differences between machines (up to 0.04 on B
     cells' mean R²) do not.

@@ -35,6 +35,11 @@ def test_ridge_transfer_recovers_a_response_linear_in_the_profile():
     # a target equal to one source gets (nearly) that source's response at a small ridge
     exact = transfer_response(profiles[3], profiles, responses, "ridge", ridge_grid=(1e-8,))
     np.testing.assert_allclose(exact.response, responses[3], rtol=1e-4, atol=1e-4)
+    # the mix of the sources' own responses (what the dispersion is mixed with) sums to one
+    # and gives the same response as the weights of the centred ones
+    for f in (fit, exact):
+        assert f.mix.sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(f.mix @ responses, f.response, rtol=1e-6, atol=1e-8)
 
 
 def test_simplex_transfer_recovers_the_mix_of_sources():
@@ -46,6 +51,7 @@ def test_simplex_transfer_recovers_the_mix_of_sources():
     assert fit.method == "simplex" and np.isnan(fit.ridge)
     np.testing.assert_allclose(fit.weights, mix, atol=1e-5)
     np.testing.assert_allclose(fit.response, mix @ responses, atol=1e-4)
+    np.testing.assert_array_equal(fit.mix, fit.weights)
     # a target beyond the sources (a stronger version of one plus noise) is not
     # extrapolated to: the weights stay a mix, most of it on the nearest source
     beyond = 2.0 * profiles[2] - profiles.mean(0) + rng.normal(0, 0.3, 60)
@@ -71,11 +77,16 @@ def test_ridge_transfer_with_few_sources_is_the_mean_response():
         transfer_response(np.zeros(5), profiles, responses[:1])
 
 
-def _families(seed: int = 0, n_per_group: int = 90) -> tuple[ad.AnnData, dict]:
+def _families(
+    seed: int = 0, n_per_group: int = 90, bursty: bool = False
+) -> tuple[ad.AnnData, dict]:
     """Two families of three cell types; each family has its own treatment response.
 
     Types of a family share a profile (plus a small type-specific part), so a type's
-    response is predictable from how its control profile resembles the others'.
+    response is predictable from how its control profile resembles the others'. Counts are
+    NB with inverse dispersion 10; ``bursty``: 0.3 instead for the held-out type's control
+    cells on its family's responding genes (barely expressed, bursty), which are not bursty
+    once treated.
     """
     rng = np.random.default_rng(seed)
     base = rng.normal(0.0, 1.0, N_GENES)
@@ -94,7 +105,9 @@ def _families(seed: int = 0, n_per_group: int = 90) -> tuple[ad.AnnData, dict]:
         p /= p.sum()
         lib = rng.lognormal(np.log(1500), 0.3, n_per_group)
         mu = lib[:, None] * p
-        theta = 10.0
+        theta = np.full(N_GENES, 10.0)
+        if bursty and (t, c) == (HELD_OUT[0], "control"):
+            theta[response[t[0]] != 0] = 0.3
         rows.append(rng.poisson(rng.gamma(theta, mu / theta)))
         obs += [(t, c)] * n_per_group
     adata = ad.AnnData(
@@ -105,6 +118,8 @@ def _families(seed: int = 0, n_per_group: int = 90) -> tuple[ad.AnnData, dict]:
     adata.obs["cell type"] = pd.Categorical(adata.obs["cell type"], categories=TYPES)
     adata.obs["treatment"] = pd.Categorical(adata.obs["treatment"], ["control", "treated"])
     truth = {k: np.exp(v - v.max()) / np.exp(v - v.max()).sum() for k, v in logits.items()}
+    if bursty:
+        truth["responding"] = response[HELD_OUT[0][0]] != 0
     return adata, truth
 
 
@@ -181,6 +196,54 @@ def test_transfer_takes_the_response_of_the_similar_family(family_model, tmp_pat
     assert np.all(x == np.round(x)) and np.all(x >= 0)
     r_sampled = np.corrcoef(_lfc(x, own), true_lfc)[0, 1]
     assert r_sampled >= r_transfer - 0.1, (r_sampled, r_transfer)
+
+
+def test_transferred_counts_take_the_sources_dispersion():
+    """The held-out type is bursty on the responding genes only while they are off.
+
+    Its own dispersion (``transfer_dispersion="own"``, the decoder's for the unseen
+    combination) carries that burstiness into the treated state, where the genes are
+    induced and no longer bursty; the sources' (the default) does not. Scored against
+    fresh draws of the true treated cells: the per-gene variance of the log-normalised
+    counts of the responding genes.
+    """
+    adata, truth = _families(seed=1, bursty=True)
+    held = (adata.obs["cell type"] == HELD_OUT[0]) & (adata.obs["treatment"] == HELD_OUT[1])
+    train = adata[~held.to_numpy()].copy()
+    scvi.settings.seed = 0
+    DisentVI.setup_anndata(train, categorical_attributes=["cell type", "treatment"])
+    model = quiet_train(DisentVI(train, n_latent=5), max_epochs=60)
+    is_ctrl = (train.obs["cell type"] == HELD_OUT[0]) & (train.obs["treatment"] == "control")
+    ctrl = train[is_ctrl.to_numpy()].copy()
+    # the truth: treated cells of the held-out type at the control cells' depths, NB(10)
+    rng = np.random.default_rng(5)
+    mu = np.asarray(ctrl.X.sum(1)).reshape(-1, 1) * truth[HELD_OUT]
+    real = np.vstack([rng.poisson(rng.gamma(10.0, mu / 10.0)) for _ in range(4)])
+
+    def log_var(x) -> np.ndarray:
+        x = x.toarray() if sparse.issparse(x) else np.asarray(x, dtype=float)
+        return np.log1p(1e4 * x / np.maximum(x.sum(1, keepdims=True), 1)).var(0)
+
+    genes = truth["responding"] & (truth[HELD_OUT] * 1500 > 1)  # expressed once treated
+    want = log_var(real)[genes]
+    err = {}
+    for dispersion in ("sources", "own"):
+        pred = [
+            model.predict_counterfactual(
+                ctrl, {"treatment": "treated"}, seed=s, transfer_dispersion=dispersion
+            ).X
+            for s in range(4)
+        ]
+        got = log_var(sparse.vstack(pred))[genes]
+        err[dispersion] = float(np.median(np.abs(got - want)))
+        report = model.predict_counterfactual(
+            ctrl[:5].copy(), {"treatment": "treated"}, transfer_dispersion=dispersion
+        ).uns["genvi"]["transfer"]["a0: control -> treated"]
+        assert report["dispersion"] == dispersion
+    # observed: median |log-variance error| 0.061 with the sources' dispersion, 1.90 own
+    assert err["sources"] < 0.5 * err["own"], err
+    with pytest.raises(ValueError, match="transfer_dispersion must be one of"):
+        model.predict_counterfactual(ctrl, {"treatment": "treated"}, transfer_dispersion="x")
 
 
 def test_seen_combinations_are_decoded_as_before(family_model):

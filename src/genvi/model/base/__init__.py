@@ -10,7 +10,12 @@ from ._io import LoadMixin, ModelFileError
 from ._likelihood import LikelihoodMixin
 from ._novelty import NoveltyMixin
 from ._reference import TrainingReferenceMixin
-from ._response_transfer import TRANSFER_METHODS, ResponseTransferMixin, transfer_response
+from ._response_transfer import (
+    TRANSFER_DISPERSIONS,
+    TRANSFER_METHODS,
+    ResponseTransferMixin,
+    transfer_response,
+)
 from ._seeding import seeded
 from ._setup import as_key_list, setup_condition_fields
 from ._training import (
@@ -37,6 +42,7 @@ __all__ = [
     "NonFiniteLossError",
     "NoveltyMixin",
     "ResponseTransferMixin",
+    "TRANSFER_DISPERSIONS",
     "TRANSFER_METHODS",
     "TrainingReferenceMixin",
     "as_key_list",
