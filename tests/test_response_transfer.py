@@ -246,6 +246,29 @@ def test_transferred_counts_take_the_sources_dispersion():
         model.predict_counterfactual(ctrl, {"treatment": "treated"}, transfer_dispersion="x")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "same"),
+    [({"dispersion": "gene"}, True), ({"gene_likelihood": "poisson"}, True), ({}, False)],
+)
+def test_sources_dispersion_only_matters_where_the_dispersion_sees_the_context(kwargs, same):
+    """One dispersion per gene, or none (Poisson): both choices draw the same counts."""
+    adata, _ = _families(seed=2, n_per_group=30)
+    held = (adata.obs["cell type"] == HELD_OUT[0]) & (adata.obs["treatment"] == HELD_OUT[1])
+    train = adata[~held.to_numpy()].copy()
+    scvi.settings.seed = 0
+    DisentVI.setup_anndata(train, categorical_attributes=["cell type", "treatment"])
+    model = quiet_train(DisentVI(train, n_latent=3, **kwargs), max_epochs=2)
+    is_ctrl = (train.obs["cell type"] == HELD_OUT[0]) & (train.obs["treatment"] == "control")
+    ctrl = train[is_ctrl.to_numpy()].copy()
+    x = {
+        d: model.predict_counterfactual(
+            ctrl, {"treatment": "treated"}, seed=0, transfer_dispersion=d
+        ).X.toarray()
+        for d in ("sources", "own")
+    }
+    assert np.array_equal(x["sources"], x["own"]) == same
+
+
 def test_seen_combinations_are_decoded_as_before(family_model):
     model, train, _ = family_model
     cells = train[(train.obs["cell type"] == "b1").to_numpy()].copy()
