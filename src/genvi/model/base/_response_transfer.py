@@ -454,18 +454,24 @@ class ResponseTransferMixin:
     ) -> torch.Tensor:
         """``theta`` with each transferred cell's replaced by its row's mix of the sources'."""
         log_theta = torch.log(theta).expand(len(row), -1).clone()
-        for r in np.unique(row[row >= 0]):
-            cells = torch.as_tensor(np.flatnonzero(row == r), device=theta.device)
-            codes, weights = table.mixes[r]
-            mixed = torch.zeros_like(log_theta[cells])
-            for ctx, w in zip(codes, weights):
-                if w == 0:  # the simplex leaves most sources out
-                    continue
+        decoded: dict[tuple[int, ...], torch.Tensor] = {}  # a source shared by rows: once
+
+        def source_log_theta(ctx: np.ndarray) -> torch.Tensor:
+            if tuple(ctx) not in decoded:
                 cat = source.cat.clone()
                 cat[:, table.context] = torch.as_tensor(ctx, device=cat.device, dtype=cat.dtype)
                 cat[:, table.key] = table.value
                 z, c = self._counterfactual_latent(inference, ConditionInputs(cat, source.cont))
                 px = self.module.decode(z, c, inference["library"], batch_index)
-                mixed += float(w) * torch.log(px.theta.expand(len(row), -1)[cells])
+                decoded[tuple(ctx)] = torch.log(px.theta.expand(len(row), -1))
+            return decoded[tuple(ctx)]
+
+        for r in np.unique(row[row >= 0]):
+            cells = torch.as_tensor(np.flatnonzero(row == r), device=theta.device)
+            codes, weights = table.mixes[r]
+            mixed = torch.zeros_like(log_theta[cells])
+            for ctx, w in zip(codes, weights):
+                if w != 0:  # the simplex leaves most sources out
+                    mixed += float(w) * source_log_theta(ctx)[cells]
             log_theta[cells] = mixed
         return torch.exp(log_theta)
