@@ -4,7 +4,7 @@ Trains PriorVI (genvi defaults, Gaussian prior, 100 epochs, batch 128, seed 0, o
 thread) on 80% of ``pbmc3k_labeled.h5ad`` (split stratified by ``cell_type_coarse``, the 2,000
 most variable genes of the training cells, seurat_v3), generates as many cells per cell type
 as were held out and scores them against the held-out cells with
-:func:`genvi.metrics.compare_conditions` (medians over the 6 types with >= 30 held-out cells).
+:func:`genvi.metrics.compare_conditions` (means over the 6 types with >= 30 held-out cells).
 Skipped, with the reason, when the file is not in ``../shared/data`` (or ``GENVI_DATA_DIR``).
 About 45 s of training on one core; marked ``slow``.
 
@@ -47,7 +47,7 @@ def pbmc3k_path() -> Path | None:
 
 
 def fit_and_score(seed: int = 0, **plan_kwargs) -> dict[str, float]:
-    """Train PriorVI on the training split, generate, and return the medians of the scores."""
+    """Train PriorVI on the training split, generate, return the means of the scores."""
     import anndata as ad
     import scanpy as sc
     import scvi

@@ -313,6 +313,25 @@ def test_compare_conditions_ranks_generators(space, held_out):
     assert np.isfinite(summary[["energy", "mmd", "energy_score", "mean_r2_floor"]]).all()
 
 
+def test_summarize_median_over_scored_conditions():
+    # Three scored conditions, one skipped: the median ignores the skipped row and an outlier.
+    df = pd.DataFrame(
+        {
+            "energy": [0.1, 0.2, 3.0, np.nan],
+            "c2st_auroc": [0.5, 0.6, 0.9, np.nan],
+            "skipped": [None, None, None, "too few cells"],
+        },
+        index=["A", "B", "C", "D"],
+    )
+    median = summarize(df, statistic="median")
+    assert median.name == "median" and median["n_conditions"] == 3 and median["n_skipped"] == 1
+    assert median["energy"] == pytest.approx(0.2)
+    assert median["c2st_auroc"] == pytest.approx(0.6)
+    assert summarize(df)["energy"] == pytest.approx(3.3 / 3)
+    with pytest.raises(ValueError, match="statistic must be"):
+        summarize(df, statistic="max")
+
+
 def test_compare_conditions_wrong_group_is_farther(space, held_out):
     right = make_adata({"A": 100, "B": 100}, seed=3)
     wrong = _relabel(right, {"A": "B", "B": "A"})

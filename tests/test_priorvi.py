@@ -191,6 +191,43 @@ def test_save_load_round_trip(tmp_path, model_gaussian):
     np.testing.assert_array_equal(a.obs["library_size"], b.obs["library_size"])
 
 
+def test_decode_conditions_for_some_keys(tmp_path, tiny):
+    """A key list gives the decoder those keys' embeddings only; the prior still sees all."""
+    import torch
+
+    PriorVI.setup_anndata(tiny, condition_keys=["cell_type", "treatment"])
+    model = PriorVI(tiny, decode_conditions=["treatment"], n_latent=4)
+    quiet_train(model, max_epochs=3)
+    module = model.module.eval()
+    assert module.decoder.px_decoder.fc_layers[0][0].in_features == 4 + 16
+
+    def decoded_mean(cell_type: int, treatment: int) -> torch.Tensor:
+        cat = torch.tensor([[cell_type, treatment]] * 5)
+        c = module.embed_conditions(cat, None, None, n=5)
+        z = torch.linspace(-1, 1, 20).reshape(5, 4)
+        with torch.inference_mode():
+            return module.decode(z, c, torch.full((5, 1), 5.0), torch.zeros(5, 1)).mean
+
+    base = decoded_mean(0, 0)
+    assert torch.equal(base, decoded_mean(1, 0))  # the cell type acts through the prior only
+    assert not torch.allclose(base, decoded_mean(0, 1))  # the treatment reaches the decoder
+    with torch.inference_mode():
+        c = module.embed_conditions(torch.tensor([[0, 0], [1, 0]]), None, None, n=2)
+        prior = module.prior(c)
+    assert not torch.allclose(prior.mean[0], prior.mean[1])
+
+    model.save(tmp_path / "m", overwrite=True)
+    loaded = PriorVI.load(tmp_path / "m", adata=tiny)
+    cond = {"cell_type": "type_1", "treatment": "control"}
+    a = model.generate(cond, n_cells=30, seed=3)
+    b = loaded.generate(cond, n_cells=30, seed=3)
+    assert (a.X != b.X).nnz == 0
+    with pytest.raises(ValueError, match="not condition keys of this model"):
+        PriorVI(tiny, decode_conditions=["donor"])
+    with pytest.raises(TypeError, match="list of condition keys"):
+        PriorVI(tiny, decode_conditions=2)
+
+
 def test_rnaseq_mixin_methods(sim, model_gaussian):
     adata = model_gaussian.adata
     expr = model_gaussian.get_normalized_expression(n_samples=1, library_size=1.0)

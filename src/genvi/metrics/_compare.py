@@ -297,29 +297,37 @@ def compare_conditions(
     return df
 
 
-def summarize(df: pd.DataFrame) -> pd.Series:
-    """Mean of each metric over the conditions that were not skipped.
+def summarize(df: pd.DataFrame, statistic: Literal["mean", "median"] = "mean") -> pd.Series:
+    """Mean (or median) of each metric over the conditions that were not skipped.
 
     Parameters
     ----------
     df
         Output of :func:`compare_conditions` or :func:`~genvi.metrics.evaluate`.
+    statistic
+        ``"mean"`` (default) or ``"median"`` over the scored conditions. The median is the
+        robust choice when a few small conditions have noisy scores.
 
     Returns
     -------
     pandas.Series
-        ``n_conditions`` (scored), ``n_skipped``, then the mean of every metric column present
-        (NaNs, e.g. a missing baseline for one condition, are ignored). For a table of
+        ``n_conditions`` (scored), ``n_skipped``, then the mean (or median) of every metric
+        column present (NaNs, e.g. a missing baseline for one condition, are ignored). For a
+        table of
         :func:`~genvi.metrics.evaluate` with privacy, the privacy entries (``dcr_ratio``,
         ``close_fraction``, ``memorised`` as 0 / 1, ...) are the *pooled* values of
         ``df.attrs["privacy_overall"]``, not means over conditions, and so are
         ``membership_auroc``, ``membership_tpr_at_fpr`` and ``membership_donor_auroc`` (from
         ``df.attrs["membership"]``; NaN where not computed).
     """
+    if statistic not in ("mean", "median"):
+        raise ValueError(f"statistic must be 'mean' or 'median', got {statistic!r}.")
     scored = df[df["skipped"].isna()] if "skipped" in df.columns else df
     present = [c for c in METRIC_COLUMNS if c in df.columns]
     summary = {"n_conditions": float(len(scored)), "n_skipped": float(len(df) - len(scored))}
-    summary.update(scored[present].astype(np.float64).mean(axis=0).to_dict())
+    values = scored[present].astype(np.float64)
+    center = values.median(axis=0) if statistic == "median" else values.mean(axis=0)
+    summary.update(center.to_dict())
     overall = df.attrs.get("privacy_overall") or {}
     for key, value in overall.items():
         if key != "skipped":
@@ -329,4 +337,4 @@ def summarize(df: pd.DataFrame) -> pd.Series:
         for key in ("auroc", "tpr_at_fpr", "donor_auroc"):
             value = mia.get(key)
             summary[f"membership_{key}"] = float("nan") if value is None else float(value)
-    return pd.Series(summary, name="mean")
+    return pd.Series(summary, name=statistic)

@@ -68,7 +68,9 @@ class PriorVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
         Use registered size factors instead of the observed library size.
     decode_conditions
         Give the conditions to the decoder as well (p(x | z, c)); with ``False`` the
-        decoder sees z only and every condition effect must pass through the prior.
+        decoder sees z only and every condition effect must pass through the prior. A
+        sequence of key positions (categorical keys first, then continuous) gives the decoder
+        the embeddings of those keys only.
     """
 
     def __init__(
@@ -90,7 +92,7 @@ class PriorVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
         gene_likelihood: GeneLikelihood = "nb",
         dispersion: Dispersion = "gene",
         use_size_factor_key: bool = False,
-        decode_conditions: bool = False,
+        decode_conditions: bool | Sequence[int] = False,
     ):
         super().__init__()
         check_module_options(prior, gene_likelihood, dispersion, get_args(Dispersion))
@@ -120,9 +122,22 @@ class PriorVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
             return_dist=True,
         )
         self.prior = self._build_prior(prior, n_latent, n_cond, n_input, prior_kwargs)
-        self.decode_conditions = decode_conditions
+        n_keys = self.condition_encoder.n_keys
+        if isinstance(decode_conditions, bool):
+            decoded = list(range(n_keys)) if decode_conditions else []
+        else:
+            decoded = sorted({int(i) for i in decode_conditions})
+            if any(i < 0 or i >= n_keys for i in decoded):
+                raise ValueError(f"decode_conditions positions {decoded} outside 0..{n_keys - 1}.")
+        # all keys (or an unconditional model's constant column): the whole embedding
+        self.decode_conditions = bool(decode_conditions) and (decoded != [] or n_keys == 0)
+        subset = self.decode_conditions and len(decoded) < n_keys
+        cols = [k * n_embed + j for k in decoded for j in range(n_embed)] if subset else []
+        # which embedding columns the decoder sees (not saved: rebuilt from the init argument)
+        self.register_buffer("_decode_columns", torch.tensor(cols, dtype=torch.long), False)
+        n_decoded = (len(cols) if subset else n_cond) if self.decode_conditions else 0
         self.decoder = DecoderSCVI(
-            n_latent + (n_cond if decode_conditions else 0),
+            n_latent + n_decoded,
             n_input,
             n_cat_list=[n_batch],
             n_layers=n_layers,
@@ -181,6 +196,8 @@ class PriorVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
     ) -> Distribution:
         """p(x | z, c, batch); ``z`` may carry a leading sample dimension."""
         if self.decode_conditions:
+            if self._decode_columns.numel():
+                c = c.index_select(-1, self._decode_columns)
             c_z = c.expand(z.shape[0], -1, -1) if z.dim() == 3 else c
             dec_in = torch.cat([z, c_z], dim=-1)
         else:

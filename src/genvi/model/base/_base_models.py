@@ -155,7 +155,7 @@ class PriorVIAdapter(BaseModelAdapter):
         super().__init__(model)
         if model.module.decode_conditions:
             raise ValueError(
-                "This PriorVI decodes with its conditions (decode_conditions=True), so its "
+                "This PriorVI decodes with its conditions (decode_conditions), so its "
                 "latents alone do not determine the cells. Use a PriorVI trained with "
                 "decode_conditions=False (the default) as the base model."
             )
