@@ -19,6 +19,9 @@ Methods, all on the same split:
    z ~ N(0, I), library sizes drawn from training cells of the condition.
 4. Resampled real training cells of the condition (fidelity upper bound; fails privacy).
 5. Noise floor: two halves of the real held-out cells.
+6. With ``--peers cfgen``: CFGen (theislab/CFGen, latent flow matching + negative binomial
+   decoder) trained and sampled in its own environment (``generation_peers.py``,
+   ``peers/run_cfgen.py``), one row per guidance weight.
 
 Also records seconds per training epoch of every model vs scVI and vs the conditional
 Gaussian prior (wall clock, same data and batch size). Run from the repository root::
@@ -26,12 +29,16 @@ Gaussian prior (wall clock, same data and batch size). Run from the repository r
     python benchmarks/generation.py --quick      # smoke run, ~20 epochs
     python benchmarks/generation.py              # full run, writes benchmarks/results/
     python benchmarks/generation.py --dataset kang --max-epochs 30
+    python benchmarks/generation.py --priors gaussian,gaussian:decode   # decoder sees c too
+    bash benchmarks/peers/setup_envs.sh cfgen    # once, for the next line
+    python benchmarks/generation.py --peers cfgen --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +62,7 @@ from _common import (  # noqa: E402
     timed,
     write_json,
 )
+from generation_peers import PEER_METHODS, library_draws  # noqa: E402
 
 DATASETS = {
     "pbmc3k": ("pbmc3k_labeled.h5ad", ["cell_type_coarse"]),
@@ -80,6 +88,7 @@ METHODS = {
     "scvi": "scVI (N(0, I), condition in decoder)",
     "resample": "Resampled training cells",
 }
+METHODS.update({k: name for rows in PEER_METHODS.values() for k, (_, name) in rows.items()})
 TABLE_METRICS = [
     ("energy", "energy"),
     ("mmd", "MMD²"),
@@ -113,7 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--priors",
         default=",".join(PRIORS),
-        help=f"comma list of PriorVI priors, one row each (default {','.join(PRIORS)})",
+        help=f"comma list of PriorVI priors, one row each (default {','.join(PRIORS)}); "
+        "'gaussian:decode' also gives the conditions to the decoder, 'gaussian:decode=donor' "
+        "only the listed keys (joined by '+')",
     )
     parser.add_argument(
         "--out",
@@ -131,19 +142,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["nb", "zinb", "poisson"],
         help="scVI gene likelihood (default nb, the same as PriorVI's)",
     )
+    parser.add_argument(
+        "--peers",
+        default="",
+        help=f"comma list of peer generators run in their own environments: {sorted(PEER_METHODS)}"
+        " (benchmarks/peers/setup_envs.sh); slow, off by default",
+    )
+    parser.add_argument(
+        "--peer-args",
+        default="",
+        help="extra options for the peers' runners, e.g. '--flow-batch-size 64 --denoiser big' "
+        "(peers/run_cfgen.py: the settings of CFGen's pbmc3k / multi-attribute scripts)",
+    )
     args = parser.parse_args(argv)
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if sorted(set(args.peers) - set(PEER_METHODS)):
+        parser.error(f"unknown peer(s) {args.peers}; choose from {sorted(PEER_METHODS)}")
     if args.quick:
         args.max_epochs = min(args.max_epochs, QUICK_EPOCHS)
     args.priors = [p.strip() for p in args.priors.split(",") if p.strip()]
-    unknown = sorted(set(args.priors) - set(PRIOR_NAMES))
-    if unknown:
-        parser.error(f"unknown prior(s) {unknown}; choose from {sorted(PRIOR_NAMES)}")
+    unknown = sorted({p.split(":")[0] for p in args.priors} - set(PRIOR_NAMES))
+    bad = [p for p in args.priors if ":" in p and not p.split(":", 1)[1].startswith("decode")]
+    if unknown or bad:
+        parser.error(
+            f"unknown prior(s) {unknown + bad}; choose from {sorted(PRIOR_NAMES)}, optionally "
+            "with ':decode' (conditions also in the decoder) or ':decode=key1+key2'"
+        )
     if "gaussian" not in args.priors:  # the reference of the timing ratios
         args.priors.insert(0, "gaussian")
     if args.out is None:
         suffix = "_quick" if args.quick else ""
         args.out = RESULTS_DIR / f"generation_{args.dataset}{suffix}.json"
     return args
+
+
+def prior_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``--priors`` entry -> (method key, PriorVI arguments); registers the method's name.
+
+    ``"flow"``: genvi's defaults; ``"gaussian:decode"``: the conditions also in the decoder;
+    ``"gaussian:decode=donor"``: only the listed keys (``+``-separated) also in the decoder.
+    """
+    prior, _, decode = spec.partition(":")
+    if not decode:
+        return f"priorvi_{prior}", {"prior": prior}
+    keys = decode.partition("=")[2]
+    decoded = keys.split("+") if keys else True
+    key = f"priorvi_{prior}_decode" + (f"_{'_'.join(decoded)}" if keys else "")
+    what = "conditions" if decoded is True else " and ".join(decoded)
+    METHODS[key] = f"PriorVI ({PRIOR_NAMES[prior]}, {what} also in the decoder)"
+    return key, {"prior": prior, "decode_conditions": decoded}
 
 
 def condition_labels(obs: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -222,13 +269,12 @@ def generate_scvi(
 
     module = model.module
     module.eval()
-    rng = np.random.default_rng(seed)
+    libraries = library_draws(train_labels, train_library, n_cells, seed)
     xs, labels = [], []
     with torch.random.fork_rng(), torch.inference_mode():
         torch.manual_seed(seed)
         for cond, n in n_cells.items():
-            pool = np.flatnonzero(train_labels == " | ".join(cond))
-            lib = train_library[rng.choice(pool, size=n)]
+            lib = libraries[cond]
             dev = module.device
             codes = [categories[k].index(v) for k, v in zip(keys, cond, strict=True)]
             z = torch.randn(n, module.n_latent, device=dev)
@@ -285,7 +331,7 @@ def _timing(epochs: int, seconds: float, load_before: float) -> dict[str, float]
 
 
 def quality_table(summaries: dict[str, pd.Series]) -> str:
-    """One row per method and the noise floor, means over the scored conditions."""
+    """One row per method and the noise floor (summaries: means or medians over conditions)."""
     header = ["method"] + [name for _, name in TABLE_METRICS]
     rows = []
     for key, summary in summaries.items():
@@ -364,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings: dict[str, dict[str, float]] = {}
     # The conditional-prior models as a user gets them (decoder input: genvi's default), and the
     # standard-normal-prior ablation, which needs the condition in the decoder to be conditional.
-    priorvi_kwargs: dict[str, dict[str, Any]] = {f"priorvi_{p}": {"prior": p} for p in args.priors}
+    priorvi_kwargs: dict[str, dict[str, Any]] = dict(map(prior_variant, args.priors))
     priorvi_kwargs["priorvi_normal"] = {"prior": "normal", "decode_conditions": True}
     decode_conditions = {}
     for key, kwargs in priorvi_kwargs.items():
@@ -382,8 +428,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings["scvi"] = _timing(args.max_epochs, seconds, load)
     synthetic["scvi"] = generate_scvi(model, keys, n_cells, args.seed)
     synthetic["resample"] = resample_training(train, keys, n_cells, args.seed)
+    peer_runs = {}
+    for peer in args.peers:
+        from generation_peers import run_peer
 
-    tables, summaries = {}, {}
+        cells, peer_runs[peer] = run_peer(
+            peer,
+            train,
+            keys,
+            condition_labels(train.obs, keys).to_numpy(),
+            n_cells,
+            dataset=args.dataset,
+            seed=args.seed,
+            quick=args.quick,
+            extra_args=shlex.split(args.peer_args),
+        )
+        synthetic.update(cells)
+
+    tables, summaries, medians = {}, {}, {}
     for key, syn in synthetic.items():
         print(f"scoring {METHODS[key]}...", flush=True)
         df = genvi.metrics.compare_conditions(
@@ -396,6 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             baseline=synthetic["scvi"],
         )
         tables[key], summaries[key] = df, genvi.metrics.summarize(df)
+        medians[key] = genvi.metrics.summarize(df, statistic="median")
     attrs = dict(next(iter(tables.values())).attrs)
 
     machine = machine_info()
@@ -408,6 +471,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print()
     print(quality_table(summaries))
+    print()
+    print("Medians over the same conditions:")
+    print()
+    print(quality_table(medians))
     print()
     print(
         "PriorVI decoder sees the condition: "
@@ -460,11 +527,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "n_epochs_kl_warmup": max(1, args.max_epochs // 4),
                 "latent_sampling": "z ~ N(0, I); library from training cells of the condition",
             },
+            "peers": peer_runs,
             "baseline_of_scores": "scvi",
             "compare_conditions_attrs": attrs,
         },
         "methods": {k: METHODS[k] for k in synthetic},
         "summaries": summaries,
+        "medians": medians,
         "per_condition": tables,
         "timings": {
             **timings,

@@ -40,7 +40,7 @@ make_env() {  # name python pip-args...
 
 want() { local x; for x in "${SELECTED[@]}"; do [ "$x" = "$1" ] && return 0; done; return 1; }
 SELECTED=("$@")
-[ ${#SELECTED[@]} -eq 0 ] && SELECTED=(biolord cpa scgen scarches celleval)
+[ ${#SELECTED[@]} -eq 0 ] && SELECTED=(biolord cpa scgen scarches celleval cfgen)
 
 # biolord 0.0.3 (Python 3.11, scvi-tools 1.4 beside it)
 if want biolord; then
@@ -63,6 +63,27 @@ fi
 # trVAE from scArches 0.6.1 (Python 3.11, scvi-tools 1.4)
 if want scarches; then
   make_env scarches "$PY311" "torch==2.13.0" "scarches==0.6.1 scvi-tools==1.4.2"
+fi
+# CFGen (theislab/CFGen, not on PyPI) for benchmarks/generation.py --peers cfgen: its source at
+# the commit below, cloned from GitHub or copied from a local checkout given as $CFGEN_SRC, and
+# installed editable in "compat" mode (its subpackages have no __init__.py, so a regular install
+# leaves them out). Not installed from its requirements.txt, which lists wandb, hydra's sweepers
+# and jupyter for its training scripts; the modules the runner imports need only what is listed
+# here (muon: its data loader imports it). torchdyn without its requirements: they pull
+# torchvision and with it a CUDA torch of several GB, and torchdyn.core does not import it.
+CFGEN_COMMIT=e347d1a981944e1a66bee3f913e74081d5793c27
+if want cfgen; then
+  src="$ENVS/cfgen.src"
+  rm -rf "$src"
+  if [ -n "${CFGEN_SRC:-}" ]; then
+    cp -r "$CFGEN_SRC" "$src"
+  else
+    git clone -q https://github.com/theislab/CFGen "$src" && git -C "$src" checkout -q "$CFGEN_COMMIT"
+  fi
+  make_env cfgen "$PY311" "torch==2.13.0" \
+    "torch==2.13.0 pytorch-lightning==2.5.* torchmetrics scvi-tools==1.4.2 scanpy muon pot omegaconf torchcde torchsde" \
+    "--no-deps torchdyn==1.0.6" \
+    "--no-deps -e $src --config-settings editable_mode=compat"
 fi
 # cell-eval (Arc Institute) for the metrics; no torch
 if want celleval; then
