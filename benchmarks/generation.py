@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -156,13 +157,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    if sorted(set(args.peers) - set(PEER_METHODS)):
-        parser.error(f"unknown peer(s) {args.peers}; choose from {sorted(PEER_METHODS)}")
+    unknown_peers = sorted(set(args.peers) - set(PEER_METHODS))
+    if unknown_peers:
+        parser.error(f"unknown peer(s) {unknown_peers}; choose from {sorted(PEER_METHODS)}")
     if args.quick:
         args.max_epochs = min(args.max_epochs, QUICK_EPOCHS)
     args.priors = [p.strip() for p in args.priors.split(",") if p.strip()]
     unknown = sorted({p.split(":")[0] for p in args.priors} - set(PRIOR_NAMES))
-    bad = [p for p in args.priors if ":" in p and not p.split(":", 1)[1].startswith("decode")]
+    bad = [
+        p
+        for p in args.priors
+        if ":" in p and not re.fullmatch(r"decode(=[^=+]+(\+[^=+]+)*)?", p.split(":", 1)[1])
+    ]
     if unknown or bad:
         parser.error(
             f"unknown prior(s) {unknown + bad}; choose from {sorted(PRIOR_NAMES)}, optionally "

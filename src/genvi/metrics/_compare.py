@@ -313,8 +313,7 @@ def summarize(df: pd.DataFrame, statistic: Literal["mean", "median"] = "mean") -
     pandas.Series
         ``n_conditions`` (scored), ``n_skipped``, then the mean (or median) of every metric
         column present (NaNs, e.g. a missing baseline for one condition, are ignored). For a
-        table of
-        :func:`~genvi.metrics.evaluate` with privacy, the privacy entries (``dcr_ratio``,
+        table of :func:`~genvi.metrics.evaluate` with privacy, the privacy entries (``dcr_ratio``,
         ``close_fraction``, ``memorised`` as 0 / 1, ...) are the *pooled* values of
         ``df.attrs["privacy_overall"]``, not means over conditions, and so are
         ``membership_auroc``, ``membership_tpr_at_fpr`` and ``membership_donor_auroc`` (from
