@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -21,9 +20,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from _common import REPO_ROOT
+from counterfactual_peers import PEERS_DIR, peer_env_dir
 
-PEERS_DIR = REPO_ROOT / "benchmarks" / "peers"
 CACHE = PEERS_DIR / ".cache" / "generation"
 # One row per guidance weight the runner samples from its trained model.
 PEER_METHODS = {
@@ -33,12 +31,6 @@ PEER_METHODS = {
     },
 }
 QUICK_EPOCHS = {"cfgen": ("--encoder-epochs", "3", "--flow-epochs", "5")}
-
-
-def peer_python(peer: str) -> Path:
-    """The peer environment's interpreter (``$GENVI_PEER_ENVS``, default ``peers/.venvs``)."""
-    envs = Path(os.environ.get("GENVI_PEER_ENVS", PEERS_DIR / ".venvs"))
-    return envs / peer / "bin" / "python"
 
 
 def library_draws(
@@ -66,7 +58,7 @@ def run_peer(
     extra_args: list[str] | None = None,
 ) -> tuple[dict[str, ad.AnnData], dict[str, Any]]:
     """Train ``peer`` on ``train`` and return its cells per method key and the run's record."""
-    python = peer_python(peer)
+    python = peer_env_dir() / peer / "bin" / "python"
     if not python.is_file():
         raise SystemExit(
             f"{peer}'s environment is missing ({python}): run "
