@@ -23,6 +23,10 @@ repository root::
     python benchmarks/latent_priors.py --quick
     python benchmarks/latent_priors.py --threads 1          # pbmc3k
     python benchmarks/latent_priors.py --dataset kang --max-epochs 40 --threads 1
+
+``--decode-conditions`` trains the PriorVI base with the conditions in its decoder as well
+(``decode_conditions=True``); ``--bases priorvi`` skips the scVI base (and with it the throughput
+and guidance sweeps, which run on the scVI base's priors).
 """
 
 from __future__ import annotations
@@ -96,15 +100,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="epochs of the latent priors (default: the models' own, ~10,000 steps)",
     )
+    parser.add_argument(
+        "--bases",
+        default="scvi,priorvi",
+        help="comma list of base models for the latent priors: scvi, priorvi (default both)",
+    )
+    parser.add_argument(
+        "--decode-conditions",
+        action="store_true",
+        help="PriorVI base (and row) with decode_conditions=True",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="smoke run: few epochs")
     args = parser.parse_args(argv)
+    args.bases = [b.strip() for b in args.bases.split(",") if b.strip()]
+    unknown = sorted(set(args.bases) - {"scvi", "priorvi"})
+    if unknown or not args.bases:
+        parser.error(f"--bases takes scvi and / or priorvi, got {args.bases}")
     if args.quick:
         args.max_epochs = min(args.max_epochs, QUICK_EPOCHS)
         args.latent_epochs = QUICK_EPOCHS
     if args.out is None:
+        tag = "_decode" if args.decode_conditions else ""
         args.out = (
-            RESULTS_DIR / f"latent_priors_{args.dataset}{'_quick' if args.quick else ''}.json"
+            RESULTS_DIR / f"latent_priors_{args.dataset}{tag}{'_quick' if args.quick else ''}.json"
         )
     return args
 
@@ -245,6 +264,9 @@ def guidance_sweep(model, keys, n_cells, seed, test, space) -> list[dict[str, fl
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables and write the JSON."""
     args = parse_args(argv)
+    if args.decode_conditions:
+        for key in [k for k in METHODS if k.startswith("priorvi")]:
+            METHODS[key] += " [decoder also sees the conditions]"
     dataset, keys = DATASETS[args.dataset]
     adata = load_dataset(args.data_dir, dataset)
 
@@ -271,13 +293,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     synthetic, timings, models = {}, {}, {}
     print("training base models...", flush=True)
-    base_scvi, timings["base_scvi"] = train_plain_scvi(train, args.max_epochs, args.seed)
-    base_pvi, timings["priorvi"] = train_priorvi(train, keys, args.max_epochs, args.seed)
+    bases = {}
+    if "scvi" in args.bases:
+        bases["scvi"], timings["base_scvi"] = train_plain_scvi(train, args.max_epochs, args.seed)
+    base_pvi, timings["priorvi"] = train_priorvi(
+        train, keys, args.max_epochs, args.seed, decode_conditions=args.decode_conditions
+    )
+    if "priorvi" in args.bases:
+        bases["priorvi"] = base_pvi
     synthetic["priorvi"] = generate_priorvi(base_pvi, keys, n_cells, args.seed)
     scvi_cond, timings["scvi_cond"] = train_scvi(train, keys, args.max_epochs, args.seed, "nb")
     synthetic["scvi_cond"] = generate_scvi(scvi_cond, keys, n_cells, args.seed)
     synthetic["resample"] = resample_training(train, keys, n_cells, args.seed)
-    for base_name, base in (("scvi", base_scvi), ("priorvi", base_pvi)):
+    for base_name, base in bases.items():
         for prior_name, cls in (("diffusion", LatentDiffusion), ("flow", LatentFlow)):
             key = f"{base_name}_{prior_name}"
             print(f"training {METHODS[key]}...", flush=True)
@@ -310,13 +338,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tables[key], summaries[key] = df, genvi.metrics.summarize(df)
 
     print("throughput and guidance...", flush=True)
-    speed = {
-        k: throughput(models[k], keys, n_cells, args.seed) for k in ("scvi_diffusion", "scvi_flow")
-    }
-    sweep = {
-        k: guidance_sweep(models[k], keys, n_cells, args.seed, test, space)
-        for k in ("scvi_diffusion", "scvi_flow")
-    }
+    on_scvi = [k for k in ("scvi_diffusion", "scvi_flow") if k in models]
+    speed = {k: throughput(models[k], keys, n_cells, args.seed) for k in on_scvi}
+    sweep = {k: guidance_sweep(models[k], keys, n_cells, args.seed, test, space) for k in on_scvi}
 
     header = ["method"] + [name for _, name in TABLE_METRICS]
     rows = [
@@ -366,6 +390,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "n_test": test.n_obs,
             "generated_cells": {" | ".join(k): v for k, v in n_cells.items()},
             "generation": "defaults: LatentDiffusion dpm++ 25 steps, LatentFlow heun 20 steps",
+            "bases": args.bases,
+            "priorvi_decode_conditions": args.decode_conditions,
         },
         "methods": {k: METHODS[k] for k in synthetic},
         "summaries": summaries,

@@ -34,6 +34,7 @@ FIELDS = {
     "data": "input data",
     "condition_keys": "obs columns that define a condition",
     "prior": "PriorVI prior",
+    "decode_conditions": "whether PriorVI's decoder also sees the conditions",
     "max_epochs": "training epochs",
     "n_train": "training cells (80% of each condition by default)",
     "n_test": "held-out real cells, never seen in training; generated cells are compared to them",
@@ -191,6 +192,7 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     n_top_genes: int | None = 2000,
+    decode_conditions: bool = False,
 ) -> dict:
     """Train PriorVI, generate held-out-sized cohorts per condition, evaluate and plot.
 
@@ -254,7 +256,7 @@ def run_demo(
         f"minibatches; {test.n_obs} held-out cells for evaluation."
     )
     PriorVI.setup_anndata(train, condition_keys=keys)
-    model = PriorVI(train, prior=prior)
+    model = PriorVI(train, prior=prior, decode_conditions=decode_conditions)
     start = time.perf_counter()
     # Lightning's hardware lines, tips and advice about logging intervals are noise here
     with warnings.catch_warnings(), _quiet_loggers("lightning.pytorch", "lightning.fabric"):
@@ -310,6 +312,7 @@ def run_demo(
         "data": source,
         "condition_keys": keys,
         "prior": prior,
+        "decode_conditions": bool(decode_conditions),
         "max_epochs": int(max_epochs),
         "n_train": int(train.n_obs),
         "n_test": int(test.n_obs),

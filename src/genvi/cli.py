@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("genvi_demo"), help="output folder")
     demo.add_argument("--prior", default="gaussian", choices=PRIOR_CHOICES, help="PriorVI prior")
     demo.add_argument(
+        "--decode-conditions",
+        action="store_true",
+        help="give PriorVI's decoder the conditions as well (decode_conditions=True)",
+    )
+    demo.add_argument(
         "--max-epochs",
         type=int,
         default=None,
@@ -114,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
                 progress=not args.no_progress,
                 n_top_genes=None if args.all_genes else args.n_top_genes,
+                decode_conditions=args.decode_conditions,
             )
         except (ValueError, FileNotFoundError) as err:
             print(f"genvi demo: error: {err}", file=sys.stderr)

@@ -66,16 +66,16 @@ class PriorVI(CountModelBase):
         Also give the conditions to the decoder, p(x | z, c): ``True`` for every key, or a
         list of condition keys for those only (e.g. ``["donor"]``: the donor in the decoder as
         well, the cell type through the prior only). By default the decoder sees z (and the
-        batch) only, so every condition effect must pass through the learned prior p(z | c):
-        on simulated data with known truth this generated cells 2.5x closer (energy distance)
-        to the true p(x | c) than conditioning the decoder as well, where z partly ignores c
-        and sampling it from the prior adds mismatch. On real PBMCs the decoder that sees the
-        conditions generated closer cells (``benchmarks/README.md``, generation): on Kang
-        control cells by cell type x donor, classifier AUROC 0.54-0.55 instead of 0.64-0.65
-        (two seeds, medians over 23 conditions). Either way the prior p(z | c) is learned and
-        counterfactuals move a cell's z by prior transport (see
-        :meth:`predict_counterfactual`); a latent prior (``LatentFlow.from_model``) needs
-        ``False``.
+        batch) only, so every condition effect must pass through the learned prior p(z | c).
+        Which generates closer cells depends on the data (``benchmarks/README.md``,
+        generation): on Kang control cells by cell type x donor the decoder that sees the
+        conditions lowered the classifier AUROC from 0.64-0.65 to 0.54-0.55 (two seeds,
+        medians over 23 conditions); on pbmc3k by cell type it helped on the benchmark's two
+        splits but not on the regression guard's, and it did worse on the demo's pbmc68k
+        cells and on simulated data with known truth. Either way the prior p(z | c) is
+        learned and counterfactuals move a cell's z by prior transport (see
+        :meth:`predict_counterfactual`); a latent prior (``LatentFlow.from_model``) decodes
+        with the conditions of its reference cells, or the new ones for a counterfactual.
 
     Examples
     --------

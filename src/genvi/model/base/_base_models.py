@@ -107,6 +107,14 @@ class BaseModelAdapter:
         """p(x | z, nuisance) with the given log library sizes."""
         raise NotImplementedError
 
+    def substitute(self, inputs: dict[str, np.ndarray], new: dict) -> dict[str, np.ndarray]:
+        """Decoder inputs of cells for a counterfactual to ``new`` (``{key: value}``).
+
+        The base model's own inputs are kept by default (scVI's covariates are nuisance
+        inputs the latent prior does not change); the arrays are not modified.
+        """
+        return inputs
+
 
 class SCVIAdapter(BaseModelAdapter):
     """``scvi.model.SCVI``: batch and categorical / continuous covariates enter the decoder."""
@@ -149,25 +157,54 @@ class SCVIAdapter(BaseModelAdapter):
 
 
 class PriorVIAdapter(BaseModelAdapter):
-    """:class:`genvi.model.PriorVI` with a decoder that sees z and the batch only."""
+    """:class:`genvi.model.PriorVI`: the batch, and its conditions where the decoder sees them.
 
-    def __init__(self, model):
-        super().__init__(model)
-        if model.module.decode_conditions:
-            raise ValueError(
-                "This PriorVI decodes with its conditions (decode_conditions), so its "
-                "latents alone do not determine the cells. Use a PriorVI trained with "
-                "decode_conditions=False (the default) as the base model."
-            )
+    A PriorVI with ``decode_conditions`` decodes a latent together with the conditions (the
+    codes registered by PriorVI's own ``setup_anndata``). They are decoder inputs like scVI's
+    covariates: a generated cell takes them from its reference cell (a training cell of the
+    requested condition), a counterfactual from the cell itself, with the keys being changed
+    replaced where the base model has them too.
+    """
+
+    def _condition_fields(self) -> tuple[tuple[str, str], ...]:
+        model = self.model
+        if not model.module.decode_conditions:
+            return ()
+        return (("cond_cat", model._cat_registry_key), ("cond_cont", model._cont_registry_key))
 
     def decoder_inputs(self, adata: AnnData) -> dict[str, np.ndarray]:
         manager = self.model.get_anndata_manager(adata, required=True)
-        return {"batch": np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()}
+        out = {"batch": np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()}
+        for name, key in self._condition_fields():
+            if key in manager.data_registry:
+                out[name] = np.asarray(manager.get_from_registry(key))
+        return out
+
+    def substitute(self, inputs: dict[str, np.ndarray], new: dict) -> dict[str, np.ndarray]:
+        schema = self.model._schema
+        mine = {k: v for k, v in new.items() if k in schema.keys}
+        if not self._condition_fields() or not mine:
+            return inputs
+        cat, cont = schema.substitute(inputs.get("cond_cat"), inputs.get("cond_cont"), mine)
+        out = dict(inputs)
+        for name, value in (("cond_cat", cat), ("cond_cont", cont)):
+            if value is not None:
+                out[name] = value
+        return out
 
     def decode(self, z, log_library, inputs) -> Distribution:
+        module = self.model.module
         batch = inputs["batch"].long().unsqueeze(-1)
-        c = torch.ones(z.shape[0], 1, device=z.device)  # unused by a z-only decoder
-        return self.model.module.decode(z, c, log_library, batch)
+        if module.decode_conditions:
+            cat, cont = inputs.get("cond_cat"), inputs.get("cond_cont")
+            c = module.embed_conditions(
+                None if cat is None else cat.long(),
+                None if cont is None else cont.float(),
+                n=z.shape[-2],
+            )
+        else:
+            c = torch.ones(z.shape[-2], 1, device=z.device)  # unused by a z-only decoder
+        return module.decode(z, c, log_library, batch)
 
 
 def make_adapter(model) -> BaseModelAdapter:

@@ -445,7 +445,7 @@ class LatentPriorModel(
         loc, _ = self._adapter.latent_distribution(adata)
         cat, cont = self._condition_arrays(adata, idx)
         cat_new, cont_new = self._schema.substitute(cat, cont, new)
-        inputs_all = self._adapter.decoder_inputs(adata)
+        inputs_all = self._adapter.substitute(self._adapter.decoder_inputs(adata), new)
         log_lib_all = np.log(self._library_sizes(adata)).astype(np.float32)
         batch_size = batch_size or 1024
         transport = self._transport_kwargs(n_steps)
