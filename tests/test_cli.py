@@ -46,6 +46,7 @@ def test_demo_writes_outputs(demo_run, capsys):
     assert set(energy) >= {"model", "floor", "baseline", "normalised_score", "meaning"}
     assert set(metrics) - {"fields"} <= set(metrics["fields"])
     assert metrics["n_genes"] == 765 and "all 765 genes" in metrics["gene_selection"]
+    assert metrics["decode_conditions"] is False
     assert "765 genes" in metrics["reference_space"]
     levels = metrics["calibration"]["verdicts"]
     assert set(levels) == {"0.5", "0.8", "0.9", "0.95"}
@@ -95,6 +96,20 @@ def test_interrupted_demo_exits_non_zero(tmp_path, monkeypatch, capsys, error):
     assert code == cli.EXIT_INTERRUPTED
     assert "interrupted" in capsys.readouterr().err
     assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("flag", [[], ["--decode-conditions"]])
+def test_demo_builds_the_decoder_it_is_asked_for(tmp_path, monkeypatch, flag):
+    """``--decode-conditions`` gives PriorVI's decoder the conditions; without it, z only."""
+    seen = {}
+
+    def stop(self, *args, **kwargs):
+        seen["decodes"] = self.module.decode_conditions
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(genvi.model.PriorVI, "train", stop)
+    main(["demo", *flag, "--out", str(tmp_path / "x"), "--no-progress"])
+    assert seen["decodes"] is bool(flag)
 
 
 def test_help_is_fast_and_lists_every_prior():

@@ -22,8 +22,8 @@ The variance R² separates the two settings at both seeds (0.73-0.74 vs 0.63-0.6
 (0.69) guards the fix; energy and AUROC move as much with the seed as with the fix, so their
 bounds only catch breakage.
 
-The conditions also in the decoder (``fit_and_score(seed, {"decode_conditions": True})``),
-measured on another machine against the default on the same one:
+The conditions also in the decoder (``fit_and_score(seed, {"decode_conditions": True})``)
+against the default, both measured on a second machine (issue #20; not guarded):
 
 =====================================  ======================  ======================
 decoder                                seed 0                  seed 1
