@@ -16,6 +16,10 @@ different seed does. Measured values of the current model (B cells held out, top
 ==========================================  =======  ========  ===========================
 run                                         mean R²  var R²    source
 ==========================================  =======  ========  ===========================
+dev. machine C (Dec 3), seed 0, sampled     0.668    0.535     counterfactual_modes (the
+dev. machine C (Dec 3), seed 1, sampled     0.696    0.639     data's response, the default)
+dev. machine C (Dec 3), seed 0, sampled     0.703    0.584     (``transfer_space="means"``,
+dev. machine C (Dec 3), seed 1, sampled     0.725    0.544     the default until Dec 3)
 dev. machine B (Dec 2), seed 0, sampled     0.729    0.544     counterfactual_kang_peers
 dev. machine B (Dec 2), seed 1, sampled     0.757    0.581     (simplex transfer, sources'
                                                                dispersion: the default)
@@ -159,7 +163,10 @@ def test_disentvi_kang_cd14_monocytes_response_transfer_guard():
     0.868, top-20 variance R² 0.43 / 0.50 vs -0.13 / 0.14 (kernel-ridge transfer: -1.08 /
     -0.96, 0.921 / 0.938, 0.46 / 0.49). The default now (sources' dispersion; another machine,
     ``counterfactual_modes.py``): -0.76 / -0.73 vs -3.07 / -1.86 decoded, Pearson delta 0.927 /
-    0.941 vs 0.826 / 0.881, variance R² 0.38 / 0.52 vs -0.11 / 0.30. The floors keep
+    0.941 vs 0.826 / 0.881, variance R² 0.38 / 0.52 vs -0.11 / 0.30. With the data's response
+    (``transfer_space="data"``, the default from December 3; a third machine): -0.25 / -0.15 vs
+    -3.12 / -2.25 decoded, Pearson delta 0.959 / 0.961 vs 0.819 / 0.870, variance R² 0.66 /
+    0.63. The floors keep
     about half of the smaller seed's gain, so a change that loses the transfer (or makes it a
     no-op) fails, while kernel and thread differences between machines (up to 0.04 on B
     cells' mean R²) do not.

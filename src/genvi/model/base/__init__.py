@@ -13,6 +13,7 @@ from ._reference import TrainingReferenceMixin
 from ._response_transfer import (
     TRANSFER_DISPERSIONS,
     TRANSFER_METHODS,
+    TRANSFER_SPACES,
     ResponseTransferMixin,
     transfer_response,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "NoveltyMixin",
     "ResponseTransferMixin",
     "TRANSFER_DISPERSIONS",
+    "TRANSFER_SPACES",
     "TRANSFER_METHODS",
     "TrainingReferenceMixin",
     "as_key_list",
