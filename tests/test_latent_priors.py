@@ -270,8 +270,9 @@ def test_flow_on_priorvi_that_decodes_its_conditions(world, monkeypatch, tmp_pat
     assert {"cond_cat", "batch"} <= set(flow.train_decoder_inputs_)
     flow_energy = _energy(world, lambda c, i: flow.generate(c, 500, seed=i))
     base_energy = _energy(world, lambda c, i: base.generate(c, 500, seed=i))
-    # measured: flow 0.151, the base PriorVI's own prior 0.174
-    assert flow_energy < 1.5 * base_energy, (flow_energy, base_energy)
+    # a prior on PriorVI must not be worse than PriorVI alone (issue #20); observed flow vs
+    # the base's own prior: 0.151 vs 0.174 (Python 3.11, scvi-tools 1.4), 0.157 vs 0.176 (3.12, 1.5)
+    assert flow_energy < base_energy, (flow_energy, base_energy)
     assert _treatment_accuracy(world, lambda c, i: flow.generate(c, 500, seed=i)) > 0.9
 
     flow.save(tmp_path / "flow")
