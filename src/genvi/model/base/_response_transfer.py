@@ -14,6 +14,7 @@ from scipy.optimize import nnls
 from scvi import REGISTRY_KEYS
 from torch.distributions import Distribution
 
+from genvi.metrics._space import _normalize_log1p
 from genvi.model.base._seeding import seeded
 from genvi.module._count_vae import count_distribution
 from genvi.nn import ConditionInputs
@@ -224,11 +225,9 @@ class TransferTable:
         return np.fromiter((self.rows.get(tuple(r), -1) for r in codes), np.int64, len(codes))
 
 
-def _log_normalised(x):
-    """Counts (numpy or torch) normalised to 10,000 per cell and ``log1p``-transformed."""
-    if isinstance(x, torch.Tensor):
-        return torch.log1p(_PROFILE_SCALE * x / x.sum(-1, keepdim=True).clamp_min(1.0)).double()
-    return np.log1p(_PROFILE_SCALE * x / np.maximum(x.sum(-1, keepdims=True), 1.0))
+def _log_normalised(x: torch.Tensor) -> torch.Tensor:
+    """Drawn counts normalised to 10,000 per cell and ``log1p``-transformed (float64)."""
+    return torch.log1p(_PROFILE_SCALE * x / x.sum(-1, keepdim=True).clamp_min(1.0)).double()
 
 
 class ResponseTransferMixin:
@@ -445,8 +444,10 @@ class ResponseTransferMixin:
         """
         manager = self.get_anndata_manager(self.adata if adata is None else adata, required=True)
         x = manager.get_from_registry(REGISTRY_KEYS.X_KEY)[np.sort(cells)]
-        x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
-        return _log_normalised(x).mean(0)
+        totals = np.asarray(x.sum(1), dtype=np.float64).ravel()
+        # sparse stays sparse: only the per-gene mean is needed
+        y = _normalize_log1p(x, totals, _PROFILE_SCALE, dense=False)
+        return np.asarray(y.mean(0), dtype=np.float64).ravel()
 
     @torch.inference_mode()
     def _calibrate(
@@ -489,9 +490,8 @@ class ResponseTransferMixin:
             chosen.append(cells)
         chosen = np.sort(np.concatenate(chosen))
         query, row = query[chosen], row[chosen]
-        n_cells = np.bincount(row[row >= 0], minlength=n_rows)
-        fewest = max(int(n_cells[n_cells > 0].min()), 1)
-        repeats = int(min(16, max(1, np.ceil(_CALIBRATION_DRAWS / fewest))))
+        n_cells = np.bincount(row, minlength=n_rows)
+        repeats = int(min(16, np.ceil(_CALIBRATION_DRAWS / n_cells.min())))
 
         def drawn_mean_log() -> np.ndarray:
             """Mean log-normalised counts drawn for the transferred cells, per row."""
@@ -501,27 +501,18 @@ class ResponseTransferMixin:
                     adata, query, new, batch_size, transfer=table
                 )
                 start = 0
-                for px in batches:
+                for px in batches:  # every cell here is transferred (``query``)
                     n = px.mean.shape[0]
                     r = row[start : start + n]
                     start += n
-                    keep = r >= 0
-                    if not keep.any():
-                        continue
                     for _ in range(repeats):
                         y = _log_normalised(px.sample()).cpu().numpy()
-                        for i in np.unique(r[keep]):
+                        for i in np.unique(r):
                             total[i] += y[r == i].sum(0)
-            return total / np.maximum(n_cells * repeats, 1)[:, None]
+            return total / (n_cells * repeats)[:, None]
 
-        own = np.stack(
-            [
-                self._observed_mean_log(query[row == r], adata)
-                if (row == r).any()
-                else np.zeros(self.adata.n_vars)
-                for r in range(n_rows)
-            ]
-        )
+        # every row has cells: rows are made only for combinations the query holds
+        own = np.stack([self._observed_mean_log(query[row == r], adata) for r in range(n_rows)])
         target = own + table.shift.cpu().numpy()
         correction = np.zeros_like(target)
         for k in range(_CALIBRATION_STEPS):
