@@ -1,11 +1,13 @@
-"""Calibration of predictive intervals: closed vs randomised, per nominal level and dataset.
+"""Calibration of predictive intervals: closed, randomised and conformal, per level and dataset.
 
 For each dataset a conditional PriorVI is trained on 80 % of the cells (stratified by
 condition, ``genvi demo``'s split; 2,000 highly variable genes of the training cells as in the
-demo). For every condition with at least 10 held-out cells, ``predict_with_confidence`` draws
-``n_samples`` cells from p(x | c) and each gene's central interval at 50 / 80 / 90 / 95 % is
-compared with the held-out cells of that condition on the normalised scale (counts / total *
-10,000), with both constructions from the same sampled cells (same seed):
+demo). The held-out cells are split in two halves, stratified by condition: one recalibrates
+the conformal intervals, the other is scored. For every condition with at least 10 scored
+cells, ``predict_with_confidence`` draws ``n_samples`` cells from p(x | c) and each gene's
+central interval at 50 / 80 / 90 / 95 % is compared with the scored cells of that condition on
+the normalised scale (counts / total * 10,000), with every construction from the same sampled
+cells (same seed):
 
 - ``closed``: empirical quantiles of the sampled values, a real value on an endpoint counts
   as inside (``interval="closed"``; genvi's only construction before 0.1.0);
@@ -13,7 +15,11 @@ compared with the held-out cells of that condition on the normalised scale (coun
   default): quantiles of ``(x + U) / total * 1e4``, ``U ~ Uniform[0, 1)``; a real count
   counts for the fraction of ``[x, x + 1)`` inside, its expected coverage over the jitter
   (``genvi.metrics.interval_coverage(..., step=)``, as ``genvi.metrics.calibration`` reads
-  these intervals).
+  these intervals);
+- ``conformal``: ``genvi.metrics.ConformalIntervals`` (default ``by="depth"``) built on the
+  other half: per depth group of gene-condition pairs, the model's quantile levels that hold
+  the nominal share of those cells' randomised PITs, read like the randomised intervals;
+  ``conformal_gene``: the same per gene (``by="gene"``), pooled over conditions.
 
 Coverage is the mean over conditions of the mean over *all* genes (no expression filter),
 and per depth bin of the gene (its mean count per cell in the condition's training cells)::
@@ -46,7 +52,7 @@ from _common import (  # noqa: E402
 )
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
-CONSTRUCTIONS = ("closed", "randomized")
+CONSTRUCTIONS = ("closed", "randomized", "conformal", "conformal_gene")
 DEPTH_BINS = (0.0, 0.1, 1.0, 10.0, np.inf)  # mean count per cell (training cells)
 DATASETS = {
     # name: (condition keys, default epochs)
@@ -109,7 +115,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any
     """Per-condition, per-level, per-construction coverage rows of one dataset."""
     from genvi._demo import _select_genes, _split
     from genvi._transforms import count_step, transform_expression
-    from genvi.metrics import interval_coverage
+    from genvi.metrics import ConformalIntervals, interval_coverage
 
     keys, default_epochs = DATASETS[name]
     epochs = args.max_epochs or default_epochs
@@ -120,10 +126,23 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any
     train = adata[train_idx][:, genes].copy()
     test = adata[test_idx][:, genes].copy()
     model, seconds = train_model(train, keys, epochs, args.seed)
+    # held-out cells: half recalibrate the conformal intervals, the other half score all three
+    test_labels_all = labels.iloc[test_idx].reset_index(drop=True)
+    cal_idx, eval_idx = _split(test_labels_all, 0.5, args.seed + 1)
+    conformal = {
+        name: ConformalIntervals(
+            model, test[cal_idx], by=by, n_samples=args.n_samples, seed=args.seed
+        )
+        for name, by in (("conformal", "depth"), ("conformal_gene", "gene"))
+    }
+    test = test[eval_idx].copy()
     info = {
         "n_cells": adata.n_obs,
         "n_train": train.n_obs,
-        "n_test": test.n_obs,
+        "n_test": len(test_idx),
+        "n_recalibration": int(conformal["conformal"].n_reference_),
+        "conformal_depth_groups": conformal["conformal"].groups_.to_dict(orient="records"),
+        "n_scored": test.n_obs,
         "genes": selection,
         "condition_keys": keys,
         "max_epochs": epochs,
@@ -131,7 +150,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any
     }
     print(f"{name}: {info}", flush=True)
     train_labels = labels.iloc[train_idx].to_numpy()
-    test_labels = labels.iloc[test_idx].to_numpy()
+    test_labels = test_labels_all.to_numpy()[eval_idx]
     rows = []
     for label in sorted(set(test_labels)):
         cells = np.flatnonzero(test_labels == label)
@@ -145,18 +164,19 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any
         bins = np.digitize(depth, DEPTH_BINS[1:-1])
         for level in LEVELS:
             for construction in CONSTRUCTIONS:
-                pred = model.predict_with_confidence(
-                    spec,
-                    n_samples=args.n_samples,
-                    ci=level,
-                    target_sum=TARGET_SUM,
-                    seed=args.seed,
-                    interval=construction,
-                )
-                assert pred.attrs["interval"] == construction
+                kwargs = dict(n_samples=args.n_samples, ci=level, target_sum=TARGET_SUM)
+                if construction in conformal:
+                    pred = conformal[construction].predict_with_confidence(
+                        spec, seed=args.seed, **kwargs
+                    )
+                else:
+                    pred = model.predict_with_confidence(
+                        spec, seed=args.seed, interval=construction, **kwargs
+                    )
+                assert pred.attrs["interval"] == construction.split("_")[0]
                 lower, upper = pred["lower"].to_numpy(), pred["upper"].to_numpy()
                 per_gene = interval_coverage(
-                    values, lower, upper, step=step if construction == "randomized" else None
+                    values, lower, upper, step=None if construction == "closed" else step
                 )
                 row = {
                     "dataset": name,

@@ -8,7 +8,8 @@ correlation, zero-fraction and library-size distances. Each metric comes with a 
 the same metric between two disjoint halves of the real cells. :func:`evaluate` runs it all,
 with privacy (:func:`privacy`, distance to the closest training record, and
 :func:`membership_inference`, attacks at cell and donor level) when the training cells are
-given; :func:`calibration` checks predictive intervals, :func:`counterfactual_scores` (with
+given; :func:`calibration` checks predictive intervals (:class:`ConformalIntervals`
+recalibrates them on held-out cells), :func:`counterfactual_scores` (with
 :func:`pearson_delta`) perturbation predictions, and :func:`conformal_pvalues` /
 :func:`flag_outliers` turn outlier scores into p-values with false-discovery control.
 """
@@ -16,6 +17,7 @@ given; :func:`calibration` checks predictive intervals, :func:`counterfactual_sc
 from ._calibration import calibration, interval_coverage
 from ._compare import compare_conditions, summarize
 from ._conformal import benjamini_hochberg, conformal_pvalues, flag_outliers
+from ._conformal_intervals import ConformalIntervals
 from ._counterfactual import counterfactual_lfc, counterfactual_scores, pearson_delta, rank_degs
 from ._distances import c2st_auroc, energy_distance, median_heuristic_bandwidths, mmd_rbf
 from ._evaluate import evaluate
@@ -27,6 +29,7 @@ from ._space import ReferenceSpace
 from ._structure import correlation_distance, library_size_distance, zero_fraction_distance
 
 __all__ = [
+    "ConformalIntervals",
     "ReferenceSpace",
     "benjamini_hochberg",
     "c2st_auroc",

@@ -170,8 +170,9 @@ def calibration(
         this table gets the suffix `` (condition)``, see ``attrs["key_columns"]``), ``level``
         (nominal), ``coverage`` (observed, mean over the kept genes), ``coverage_sd`` (its
         spread across genes), ``n_cells``, ``n_genes`` (genes kept), ``interval``
-        (``"randomized"`` or ``"closed"``: how coverage was measured, from the prediction's
-        ``attrs["interval"]``) and ``skipped`` (``None`` or the reason; coverage is then NaN).
+        (the prediction's ``attrs["interval"]``: ``"randomized"``, ``"closed"`` or
+        ``"conformal"``, :class:`ConformalIntervals`, read as randomised for count models)
+        and ``skipped`` (``None`` or the reason; coverage is then NaN).
     """
     if not callable(getattr(model, "predict_with_confidence", None)):
         raise TypeError(f"{type(model).__name__} has no `predict_with_confidence` method.")
@@ -239,7 +240,11 @@ def calibration(
         step = count_step(cells, transform, target_sum)
         for level in levels:
             pred = preds[level]
-            randomized = pred.attrs.get("interval") == "randomized"
+            construction = pred.attrs.get("interval") or "closed"
+            # conformal intervals of count models are read like the randomised ones they adjust
+            randomized = construction == "randomized" or (
+                construction == "conformal" and pred.attrs.get("randomized", False)
+            )
             keep = np.ones(len(genes), dtype=bool)
             if min_mean is not None:
                 keep = pred["mean"].to_numpy() > min_mean
@@ -255,7 +260,7 @@ def calibration(
                     per_gene = interval_coverage(linear[:, keep], lower, upper, step=step)
                 else:
                     per_gene = interval_coverage(values[:, keep], lower, upper)
-                row["interval"] = "randomized" if randomized else "closed"
+                row["interval"] = construction
                 row["coverage"] = float(per_gene.mean())
                 row["coverage_sd"] = float(per_gene.std())
             rows.append(row)

@@ -19,6 +19,8 @@ expressed genes the jitter is negligible and the interval is the usual one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 
@@ -95,25 +97,42 @@ class ConfidenceMixin:
         randomize = interval == "randomized" and self._samples_counts()
         specs = self._schema.parse(conditions)
         counts = self._n_cells_per_spec(n_samples, len(specs))
-        self.module.eval()
-        frames = {}
-        with seeded(seed, self.module.device) as rng:
-            for spec, n in zip(specs, counts):
-                x = self._simulate_cells([spec], [n], None, None, rng, batch_size)["x"]
-                frames[self._schema.label(spec)] = predictive_summary(
-                    x,
-                    ci,
-                    transform,
-                    target_sum,
-                    randomize=randomize,
-                    rng=rng,
-                    index=pd.Index(self.var_names_, name="gene"),
-                )
+        index = pd.Index(self.var_names_, name="gene")
+        frames = {
+            self._schema.label(spec): summarize_draws(values, spread, ci, randomize, index)
+            for spec, _, values, spread in self._iter_confidence_draws(
+                specs, counts, transform, target_sum, seed, batch_size, randomize
+            )
+        }
         if len(frames) == 1:
             return next(iter(frames.values()))
         out = pd.concat(frames, names=["condition", "gene"])
         out.attrs["interval"] = "randomized" if randomize else "closed"
         return out
+
+    def _iter_confidence_draws(
+        self,
+        specs: list[dict],
+        counts: list[int],
+        transform: str,
+        target_sum: float,
+        seed: int | None,
+        batch_size: int,
+        randomize: bool,
+    ) -> Iterator[tuple[dict, np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield ``(spec, x, values, spread)``: the cells :meth:`predict_with_confidence` samples.
+
+        One seeded stream for all ``specs`` (each condition's cells, then their jitter), so a
+        condition's draws depend on the conditions before it; ``x`` are the sampled counts,
+        ``values`` their transform, ``spread`` the values the intervals are quantiles of
+        (jittered when ``randomize``). :class:`genvi.metrics.ConformalIntervals` reads the
+        same draws.
+        """
+        self.module.eval()
+        with seeded(seed, self.module.device) as rng:
+            for spec, n in zip(specs, counts):
+                x = self._simulate_cells([spec], [n], None, None, rng, batch_size)["x"]
+                yield (spec, x, *predictive_draws(x, transform, target_sum, randomize, rng))
 
     def _samples_counts(self) -> bool:
         """Whether sampled cells are counts (not ``gene_likelihood="normal"`` data)."""
@@ -122,6 +141,48 @@ class ConfidenceMixin:
 
 
 INTERVALS = ("randomized", "closed")
+
+
+def predictive_draws(
+    x: np.ndarray,
+    transform: str = "normalized",
+    target_sum: float = 1e4,
+    randomize: bool = True,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sampled cells ``x`` (cells x genes) as ``(values, spread)``.
+
+    ``values``: the transformed counts; ``spread``: the values intervals are quantiles of, the
+    continuous extension ``x + U`` when ``randomize`` (see the module docstring), else
+    ``values``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    values = transform_expression(x, transform, target_sum)
+    # normalised by the total over all genes before any per-gene step
+    spread = jittered_expression(x, transform, target_sum, rng) if randomize else values
+    return values, spread
+
+
+def summarize_draws(
+    values: np.ndarray,
+    spread: np.ndarray,
+    ci: float,
+    randomize: bool,
+    index: pd.Index | None = None,
+) -> pd.DataFrame:
+    """Per-gene mean, sd (of ``values``) and central ``ci`` interval (of ``spread``)."""
+    alpha = (1 - ci) / 2
+    df = pd.DataFrame(
+        {
+            "mean": values.mean(0),
+            "std": values.std(0, ddof=1),
+            "lower": np.quantile(spread, alpha, axis=0),
+            "upper": np.quantile(spread, 1 - alpha, axis=0),
+        },
+        index=index,
+    )
+    df.attrs["interval"] = "randomized" if randomize else "closed"
+    return df
 
 
 def predictive_summary(
@@ -138,19 +199,5 @@ def predictive_summary(
     ``randomize``: quantiles of the continuous extension ``x + U`` (see the module docstring);
     ``False``: plain quantiles of the transformed values. ``attrs["interval"]`` records which.
     """
-    x = np.asarray(x, dtype=np.float64)
-    values = transform_expression(x, transform, target_sum)
-    # normalised by the total over all genes before any per-gene step
-    spread = jittered_expression(x, transform, target_sum, rng) if randomize else values
-    alpha = (1 - ci) / 2
-    df = pd.DataFrame(
-        {
-            "mean": values.mean(0),
-            "std": values.std(0, ddof=1),
-            "lower": np.quantile(spread, alpha, axis=0),
-            "upper": np.quantile(spread, 1 - alpha, axis=0),
-        },
-        index=index,
-    )
-    df.attrs["interval"] = "randomized" if randomize else "closed"
-    return df
+    values, spread = predictive_draws(x, transform, target_sum, randomize, rng)
+    return summarize_draws(values, spread, ci, randomize, index)
