@@ -139,6 +139,7 @@ def test_levels_of_a_calibrated_model_are_the_nominal_ones(truth):
     assert per_gene.n_reference_ == reference.n_obs
     assert len(per_gene.groups_) == 60 and (per_gene.groups_["n_pits"] == 400).all()
     assert per_gene.conditions_["n_cells"].sum() == reference.n_obs
+    assert per_gene.conditions_.index.names == ["cell_type"]
     levels = per_gene.levels(0.8)
     # true model: reference PITs are uniform, so the levels sit near 0.1 and 0.9 for every gene
     assert abs(levels["lower"].median() - 0.1) < 0.02 and abs(levels["upper"].median() - 0.9) < 0.02
@@ -196,3 +197,32 @@ def test_priorvi_recalibrated_intervals(model_gaussian, halves):
         ConformalIntervals(model_gaussian, reference[:, :-3])
     with pytest.raises(TypeError, match="genvi model"):
         ConformalIntervals(object(), reference)
+
+
+def test_a_condition_key_named_like_the_table_columns_works(truth):
+    sim, reference, scored = truth
+
+    class KeyedNCells(DistortedTruth):
+        """The simulator's cell type registered under the obs column name "n_cells"."""
+
+        def _iter_confidence_draws(self, specs, counts, transform, target_sum, seed, bs, rnd):
+            renamed = [{"cell_type": spec["n_cells"]} for spec in specs]
+            for spec, out in zip(
+                specs,
+                super()._iter_confidence_draws(
+                    renamed, counts, transform, target_sum, seed, bs, rnd
+                ),
+            ):
+                yield (spec, *out[1:])
+
+    model = KeyedNCells(sim, "wide")
+    model._schema = type("S", (_Schema,), {"categorical": {"n_cells": None}})()
+    reference, scored = reference.copy(), scored.copy()
+    reference.obs["n_cells"] = reference.obs["cell_type"]
+    scored.obs["n_cells"] = scored.obs["cell_type"]
+    conformal = ConformalIntervals(model, reference)
+    assert conformal.condition_keys == ["n_cells"]
+    assert conformal.conditions_.index.names == ["n_cells"]
+    assert conformal.conditions_["n_cells"].sum() == reference.n_obs
+    table = calibration(conformal, scored, levels=(0.5,))
+    np.testing.assert_allclose(table["coverage"], 0.5, atol=0.03)

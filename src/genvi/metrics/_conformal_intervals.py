@@ -91,7 +91,8 @@ class ConformalIntervals:
     n_reference_
         The number of reference cells used.
     conditions_
-        The reference conditions and their cell counts.
+        The reference conditions (index, one level per condition key) and their cell counts
+        (column ``n_cells``).
 
     Notes
     -----
@@ -174,7 +175,7 @@ class ConformalIntervals:
         combos = reference.obs[keys].dropna().drop_duplicates().sort_values(keys)
         counts = _get_counts(reference, layer)
         rng = np.random.default_rng(self.seed)
-        pits, depths, rows = [], [], []
+        pits, depths, used, n_cells = [], [], [], []
         for combo in combos.itertuples(index=False, name=None):
             label = LABEL_SEP.join(map(str, combo))
             cells = np.flatnonzero(labels == label)
@@ -190,10 +191,13 @@ class ConformalIntervals:
             x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
             pits.append(self._pit(np.sort(spread, axis=0), x, rng).astype(np.float32))
             depths.append(sampled.mean(0))
-            rows.append({**dict(zip(keys, combo)), "n_cells": len(cells)})
+            used.append(combo)
+            n_cells.append(len(cells))
         if not pits:
             raise ValueError("`reference` has no cell with all condition keys set.")
-        self.conditions_ = pd.DataFrame(rows)
+        # the keys as index levels: any obs column name works, "n_cells" included
+        index = pd.MultiIndex.from_tuples(used, names=keys)
+        self.conditions_ = pd.DataFrame({"n_cells": n_cells}, index=index)
         self.n_reference_ = int(sum(p.shape[0] for p in pits))
         # PITs pooled over conditions count every reference cell once (the reference mix);
         # weighing conditions equally instead gave conditions of 2-3 reference cells the
