@@ -126,14 +126,14 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any
     train = adata[train_idx][:, genes].copy()
     test = adata[test_idx][:, genes].copy()
     model, seconds = train_model(train, keys, epochs, args.seed)
-    # held-out cells: half recalibrate the conformal intervals, the other half score all three
+    # held-out cells: one half recalibrates the conformal intervals, the other scores all four
     test_labels_all = labels.iloc[test_idx].reset_index(drop=True)
     cal_idx, eval_idx = _split(test_labels_all, 0.5, args.seed + 1)
     conformal = {
-        name: ConformalIntervals(
+        construction: ConformalIntervals(
             model, test[cal_idx], by=by, n_samples=args.n_samples, seed=args.seed
         )
-        for name, by in (("conformal", "depth"), ("conformal_gene", "gene"))
+        for construction, by in (("conformal", "depth"), ("conformal_gene", "gene"))
     }
     test = test[eval_idx].copy()
     info = {
