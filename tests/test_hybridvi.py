@@ -196,8 +196,9 @@ def test_likelihood_and_outlier_scores(sim, hybrid_true, sim_split):
     assert np.mean(ll_wrong < ll[mask]) > 0.95
     scores = hybrid_true.score_outliers(test, kind="per_count", n_samples=20)
     assert scores.shape == (test.n_obs,) and np.all(scores > 0)
-    scores = hybrid_true.score_outliers(test)  # latent 10-NN distance to the training cells
-    assert scores.shape == (test.n_obs,) and np.all(scores > 0)
+    for kind in ("expression", "knn"):  # 10-NN distances to the training cells
+        scores = hybrid_true.score_outliers(test, kind=kind)
+        assert scores.shape == (test.n_obs,) and np.all(scores > 0)
 
 
 # ---------------------------------------------------------------------- the auto predictor

@@ -248,7 +248,9 @@ def test_flow_on_priorvi_scores_unseen_type(sim, sim_split):
     assert ll[~unseen].mean() > ll[unseen].mean()
     scores = flow.score_outliers(held_out, kind="latent")  # -log p_flow(z | c)
     assert roc_auc_score(unseen, scores) > 0.9
-    scores = flow.score_outliers(held_out)  # the default: latent 10-NN
+    scores = flow.score_outliers(held_out)  # the default: expression 10-NN
+    assert roc_auc_score(unseen, scores) > 0.9
+    scores = flow.score_outliers(held_out, kind="knn")  # latent 10-NN in the base's space
     assert roc_auc_score(unseen, scores) > 0.9
     per_count = flow.score_outliers(held_out, kind="per_count", n_samples=4)
     assert per_count.shape == scores.shape and np.isfinite(per_count).all()

@@ -71,7 +71,7 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
     """
 
     _module_cls = LatentFlowModule
-    _outlier_kinds = ("knn", "per_count", "latent")
+    _outlier_kinds = ("expression", "knn", "per_count", "latent")
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from genvi.model.base._novelty import NoveltyMixin
 class LikelihoodMixin(NoveltyMixin):
     """Importance-sampled :meth:`get_log_likelihood` and the ``"per_count"`` outlier score."""
 
-    _outlier_kinds = ("knn", "per_count")
+    _outlier_kinds = ("expression", "knn", "per_count")
 
     @torch.inference_mode()
     def get_log_likelihood(
