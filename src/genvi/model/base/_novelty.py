@@ -53,11 +53,11 @@ class NoveltyMixin:
         Leaving one cell type out of training (``benchmarks/outliers.py``, unconditional
         PriorVI, AUROC of the unseen type's held-out cells against held-out known cells) the
         expression score averaged 0.94 on pbmc3k (every type 0.89 or more) and 0.80 on Kang 8
-        donors, the latent one 0.88 and 0.75, the per-count likelihood 0.53 and 0.48. Both
+        donors, the latent one 0.88 and 0.75, the per-count likelihood 0.53 and 0.54. Both
         distances still grow in cells sequenced more shallowly than the training cells (known
         pbmc3k cells thinned to a quarter of their counts outscored the originals with AUROC
-        0.86 expression, 0.78 latent): compare cells of similar depth, e.g. with ``groups=``
-        of :func:`genvi.metrics.conformal_pvalues`.
+        0.86 expression, 0.78-0.83 latent): compare cells of similar depth, e.g. with
+        ``groups=`` of :func:`genvi.metrics.conformal_pvalues`.
 
         Other kinds: ``"per_count"`` (count VAEs, :class:`~genvi.model.LatentFlow`):
         ``-log p(x | c)`` (:meth:`get_log_likelihood`) divided by the cell's total count, which
