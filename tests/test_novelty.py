@@ -199,3 +199,27 @@ def test_one_signature_everywhere():
         "n_neighbors",
     ]
     assert signatures["LatentFlow"].parameters["kind"].default == "expression"
+
+
+def test_expression_score_reads_the_registered_layer():
+    """Counts registered in a layer: the layer is read, not X; a query without it is refused."""
+    sim = genvi.data.simulate(n_cells=400, n_genes=50, seed=1)
+    train = sim.copy()
+    train.X = np.ones(train.shape, dtype=np.float32)  # not the counts
+    scvi.settings.seed = 0
+    PriorVI.setup_anndata(train, layer="counts")
+    model = quiet_train(PriorVI(train), max_epochs=3)
+    query = genvi.data.simulate(n_cells=60, n_genes=50, seed=2)
+    query.obs_names = [f"new_{i}" for i in range(query.n_obs)]
+    query.X = np.ones(query.shape, dtype=np.float32)
+    ref = train[np.sort(model.train_indices)]
+    space = ReferenceSpace.fit(ref, layer="counts", n_top_genes=2000, n_comps=10, seed=0)
+    dist, _ = (
+        NearestNeighbors(n_neighbors=10)
+        .fit(space.transform(ref, layer="counts"))
+        .kneighbors(space.transform(query, layer="counts"))
+    )
+    np.testing.assert_allclose(model.score_outliers(query), dist.mean(1), rtol=1e-5, atol=1e-6)
+    del query.layers["counts"]
+    with pytest.raises(ValueError, match="Layer 'counts' not found"):
+        model.score_outliers(query)

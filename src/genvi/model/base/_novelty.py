@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
-from genvi._validation import check_genes
+from genvi._validation import check_genes, get_matrix
 from genvi.model.base._expression_space import ExpressionSpace
 
 #: neighbours of the k-NN scores; fixed before any real-data run (issue #15), not tuned
@@ -179,14 +179,12 @@ class NoveltyMixin:
 
     def _registered_data(self, adata: AnnData | None) -> np.ndarray | sp.spmatrix:
         """The cells' data where the model registered its own (``X`` or a layer), not copied."""
-        from scvi.data._utils import get_anndata_attribute
-
         if adata is None:
             adata = self.adata
         else:
             check_genes(adata, self.adata.var_names)
         field = self.adata_manager.data_registry[REGISTRY_KEYS.X_KEY]
-        X = get_anndata_attribute(adata, field.attr_name, field.attr_key)
+        X = get_matrix(adata, None if field.attr_name == "X" else field.attr_key)
         return X if sp.issparse(X) else np.asarray(X)
 
     def _reference_indices(self) -> np.ndarray:
