@@ -18,8 +18,13 @@ Methods, all on the same split:
 3. ``scvi.model.SCVI`` with the condition as a categorical covariate of the decoder,
    z ~ N(0, I), library sizes drawn from training cells of the condition.
 4. Resampled real training cells of the condition (fidelity upper bound; fails privacy).
-5. Noise floor: two halves of the real held-out cells.
-6. With ``--peers cfgen``: CFGen (theislab/CFGen, latent flow matching + negative binomial
+5. The conditional-Gaussian PriorVI without its prior: latents drawn from the posteriors
+   q(z | x) of random training cells of the condition (the aggregated posterior a prior is
+   trained to match), decoded with those cells' own library sizes. What the decoder and
+   its count sampling reach with a perfect prior: where it ties the prior's row, the gap
+   to resampling is in the decoder, not the prior.
+6. Noise floor: two halves of the real held-out cells.
+7. With ``--peers cfgen``: CFGen (theislab/CFGen, latent flow matching + negative binomial
    decoder) trained and sampled in its own environment (``generation_peers.py``,
    ``peers/run_cfgen.py``), one row per guidance weight.
 
@@ -30,6 +35,7 @@ Gaussian prior (wall clock, same data and batch size). Run from the repository r
     python benchmarks/generation.py              # full run, writes benchmarks/results/
     python benchmarks/generation.py --dataset kang --max-epochs 30
     python benchmarks/generation.py --priors gaussian,gaussian:decode   # decoder sees c too
+    python benchmarks/generation.py --priors gaussian --n-latent 30 --out /tmp/nl30.json
     bash benchmarks/peers/setup_envs.sh cfgen    # once, for the next line
     python benchmarks/generation.py --peers cfgen --threads 1
 """
@@ -88,6 +94,8 @@ METHODS = {
     "priorvi_normal": "PriorVI (N(0, I) prior, condition in decoder)",
     "scvi": "scVI (N(0, I), condition in decoder)",
     "resample": "Resampled training cells",
+    "priorvi_gaussian_posterior": "PriorVI (conditional Gaussian prior), training cells' "
+    "posteriors decoded instead of prior draws",
 }
 METHODS.update({k: name for rows in PEER_METHODS.values() for k, (_, name) in rows.items()})
 TABLE_METRICS = [
@@ -136,6 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_EPOCHS} epochs per model"
+    )
+    parser.add_argument(
+        "--n-latent",
+        type=int,
+        default=None,
+        help="latent size of every PriorVI row (default: PriorVI's own default)",
     )
     parser.add_argument(
         "--scvi-likelihood",
@@ -229,6 +243,31 @@ def generate_priorvi(
     """``n_cells[c]`` cells of each condition ``c`` (a tuple, one value per key)."""
     specs = [dict(zip(keys, c, strict=True)) for c in n_cells]
     return model.generate(specs, n_cells=list(n_cells.values()), seed=seed)
+
+
+def decode_posteriors(
+    model: Any, keys: list[str], n_cells: dict[tuple[str, ...], int], seed: int
+) -> ad.AnnData:
+    """``n_cells[c]`` cells decoded from posteriors of training cells of each condition ``c``.
+
+    Each generated cell takes a random training cell of its condition (with replacement), one
+    draw z ~ q(z | x) of that cell and the cell's own library size; the decoder and count
+    sampling are the model's, as in ``generate``. No prior is involved.
+    """
+    from scvi import REGISTRY_KEYS
+
+    rng = np.random.default_rng(seed)
+    labels = condition_labels(model.adata.obs, keys).to_numpy()
+    picks = [rng.choice(np.flatnonzero(labels == " | ".join(c)), n) for c, n in n_cells.items()]
+    idx = np.concatenate(picks)
+    loc, var = model.get_latent_representation(indices=idx, return_dist=True)
+    z = loc + np.sqrt(var) * rng.standard_normal(loc.shape)
+    x = model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)[idx]
+    library = np.maximum(np.asarray(x.sum(1), dtype=np.float64).ravel(), 1.0)
+    specs = [dict(zip(keys, c, strict=True)) for c in n_cells]
+    return model.decode_latents(
+        z, specs, n_cells=list(n_cells.values()), library_size=library, seed=seed
+    )
 
 
 def train_scvi(
@@ -418,15 +457,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # standard-normal-prior ablation, which needs the condition in the decoder to be conditional.
     priorvi_kwargs: dict[str, dict[str, Any]] = dict(map(prior_variant, args.priors))
     priorvi_kwargs["priorvi_normal"] = {"prior": "normal", "decode_conditions": True}
-    decode_conditions = {}
+    if args.n_latent is not None:
+        for kwargs in priorvi_kwargs.values():
+            kwargs["n_latent"] = args.n_latent
+    decode_conditions, n_latent = {}, {}
     for key, kwargs in priorvi_kwargs.items():
         print(f"training {METHODS[key]} for {args.max_epochs} epochs...", flush=True)
         load = os.getloadavg()[0]
         model, seconds = train_priorvi(train, keys, args.max_epochs, args.seed, **kwargs)
         decode_conditions[key] = bool(model.module.decode_conditions)
+        n_latent[key] = int(model.module.n_latent)
         timings[key] = _timing(args.max_epochs, seconds, load)
         print(f"  {seconds / args.max_epochs:.2f} s / epoch", flush=True)
         synthetic[key] = generate_priorvi(model, keys, n_cells, args.seed)
+        if key == "priorvi_gaussian":
+            synthetic["priorvi_gaussian_posterior"] = decode_posteriors(
+                model, keys, n_cells, args.seed
+            )
         del model
     print(f"training {METHODS['scvi']} for {args.max_epochs} epochs...", flush=True)
     load = os.getloadavg()[0]
@@ -524,7 +571,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "totals_over": space.totals_over,
             },
             "priorvi": {
-                key: {**kwargs, "decode_conditions": decode_conditions[key]}
+                key: {
+                    **kwargs,
+                    "decode_conditions": decode_conditions[key],
+                    "n_latent": n_latent[key],
+                }
                 for key, kwargs in priorvi_kwargs.items()
             },
             "scvi": {
