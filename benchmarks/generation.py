@@ -254,19 +254,16 @@ def decode_posteriors(
     draw z ~ q(z | x) of that cell and the cell's own library size; the decoder and count
     sampling are the model's, as in ``generate``. No prior is involved.
     """
-    from scvi import REGISTRY_KEYS
-
     rng = np.random.default_rng(seed)
     labels = condition_labels(model.adata.obs, keys).to_numpy()
     picks = [rng.choice(np.flatnonzero(labels == " | ".join(c)), n) for c, n in n_cells.items()]
     idx = np.concatenate(picks)
     loc, var = model.get_latent_representation(indices=idx, return_dist=True)
     z = loc + np.sqrt(var) * rng.standard_normal(loc.shape)
-    x = model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)[idx]
-    library = np.maximum(np.asarray(x.sum(1), dtype=np.float64).ravel(), 1.0)
     specs = [dict(zip(keys, c, strict=True)) for c in n_cells]
+    # the library sizes generate() draws from: the model's stored training reference
     return model.decode_latents(
-        z, specs, n_cells=list(n_cells.values()), library_size=library, seed=seed
+        z, specs, n_cells=list(n_cells.values()), library_size=model.train_library_[idx], seed=seed
     )
 
 
