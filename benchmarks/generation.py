@@ -4,9 +4,10 @@ Split the cells 80/20 stratified by the condition (``--dataset pbmc3k``: ``cell_
 ``--dataset kang``: ``cell_type`` x ``donor``, two condition keys), train on 80%, and for every
 condition with at least 30 held-out cells generate as many cells as were held out. Generated
 cells are compared with the real held-out cells by :func:`genvi.metrics.compare_conditions` (energy
-distance, RBF-MMD², classifier two-sample AUROC, per-gene mean / variance agreement, each with
-its real-vs-real noise floor), with scVI as the baseline of the normalised scores
-``(model - floor) / (baseline - floor)``.
+distance, RBF-MMD², classifier two-sample AUROC, per-gene mean / variance agreement, the
+count-shape AUROC of :func:`genvi.metrics.count_profile`, each with its real-vs-real noise
+floor), with scVI as the baseline of the normalised scores ``(model - floor) / (baseline -
+floor)``.
 
 Methods, all on the same split:
 
@@ -36,6 +37,8 @@ Gaussian prior (wall clock, same data and batch size). Run from the repository r
     python benchmarks/generation.py --dataset kang --max-epochs 30
     python benchmarks/generation.py --priors gaussian,gaussian:decode   # decoder sees c too
     python benchmarks/generation.py --priors gaussian --n-latent 30 --out /tmp/nl30.json
+    python benchmarks/generation.py --priors gaussian --gene-likelihood zinb --out /tmp/zinb.json
+    python benchmarks/generation.py --priors gaussian --dispersion gene-cell --out /tmp/gc.json
     bash benchmarks/peers/setup_envs.sh cfgen    # once, for the next line
     python benchmarks/generation.py --peers cfgen --threads 1
 """
@@ -105,6 +108,7 @@ TABLE_METRICS = [
     ("mean_r2", "mean R²"),
     ("var_r2", "var R²"),
     ("mean_pearson", "mean r"),
+    ("count_shape_auroc", "count-shape AUROC"),
     ("energy_score", "energy score"),
     ("mmd_score", "MMD score"),
 ]
@@ -115,6 +119,7 @@ FLOOR_NAMES = {
     "mean_r2": "mean_r2_floor",
     "var_r2": "var_r2_floor",
     "mean_pearson": "mean_pearson_floor",
+    "count_shape_auroc": "count_shape_auroc_floor",
 }
 
 
@@ -150,6 +155,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="latent size of every PriorVI row (default: PriorVI's own default)",
+    )
+    parser.add_argument(
+        "--gene-likelihood",
+        default=None,
+        choices=["nb", "zinb", "poisson"],
+        help="count likelihood of every PriorVI row (default: PriorVI's own default, nb)",
+    )
+    parser.add_argument(
+        "--dispersion",
+        default=None,
+        choices=["gene", "gene-batch", "gene-cell"],
+        help="dispersion of every PriorVI row (default: PriorVI's own default, gene)",
     )
     parser.add_argument(
         "--scvi-likelihood",
@@ -454,16 +471,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # standard-normal-prior ablation, which needs the condition in the decoder to be conditional.
     priorvi_kwargs: dict[str, dict[str, Any]] = dict(map(prior_variant, args.priors))
     priorvi_kwargs["priorvi_normal"] = {"prior": "normal", "decode_conditions": True}
-    if args.n_latent is not None:
-        for kwargs in priorvi_kwargs.values():
-            kwargs["n_latent"] = args.n_latent
-    decode_conditions, n_latent = {}, {}
+    for option in ("n_latent", "gene_likelihood", "dispersion"):
+        if getattr(args, option) is not None:
+            for kwargs in priorvi_kwargs.values():
+                kwargs[option] = getattr(args, option)
+    decode_conditions, n_latent, likelihood, dispersion = {}, {}, {}, {}
     for key, kwargs in priorvi_kwargs.items():
         print(f"training {METHODS[key]} for {args.max_epochs} epochs...", flush=True)
         load = os.getloadavg()[0]
         model, seconds = train_priorvi(train, keys, args.max_epochs, args.seed, **kwargs)
         decode_conditions[key] = bool(model.module.decode_conditions)
         n_latent[key] = int(model.module.n_latent)
+        likelihood[key] = str(model.module.gene_likelihood)
+        dispersion[key] = str(model.module.dispersion)
         timings[key] = _timing(args.max_epochs, seconds, load)
         print(f"  {seconds / args.max_epochs:.2f} s / epoch", flush=True)
         synthetic[key] = generate_priorvi(model, keys, n_cells, args.seed)
@@ -572,6 +592,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     **kwargs,
                     "decode_conditions": decode_conditions[key],
                     "n_latent": n_latent[key],
+                    "gene_likelihood": likelihood[key],
+                    "dispersion": dispersion[key],
                 }
                 for key, kwargs in priorvi_kwargs.items()
             },

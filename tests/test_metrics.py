@@ -12,6 +12,7 @@ from genvi.metrics import (
     c2st_auroc,
     compare_conditions,
     correlation_distance,
+    count_profile,
     counterfactual_scores,
     energy_distance,
     library_size_distance,
@@ -372,6 +373,50 @@ def test_compare_conditions_new_distances_see_a_wrong_generator(space, held_out)
             assert df.loc[group, metric] > 1.5 * df.loc[group, f"{metric}_floor"], metric
             assert ok.loc[group, metric] < df.loc[group, metric], metric
     assert df.attrs["n_corr_genes"] == 50
+
+
+def test_count_profile_known_values_dense_sparse_and_errors():
+    x = np.array([[0, 1, 2, 5], [0, 0, 0, 0], [1, 1, 0, 3]], dtype=np.float32)
+    expected = np.column_stack(
+        [np.log1p([8.0, 0.0, 5.0]), np.log1p([3.0, 0.0, 3.0]), [2 / 3, 0.0, 1 / 3]]
+    )
+    np.testing.assert_allclose(count_profile(x), expected)
+    np.testing.assert_allclose(count_profile(sp.csr_matrix(x)), expected)
+    # the library the space normalised by (e.g. totals over all genes) replaces the row sums
+    given = count_profile(x, library=np.array([80.0, 10.0, 50.0]))
+    np.testing.assert_allclose(given[:, 0], np.log1p([80.0, 10.0, 50.0]))
+    np.testing.assert_allclose(given[:, 1:], expected[:, 1:])
+    with pytest.raises(ValueError, match="2-D"):
+        count_profile(x[0])
+    with pytest.raises(ValueError, match="2 entries for 3 cells"):
+        count_profile(x, library=np.ones(2))
+
+
+def _overdispersed(sizes: dict[str, int], theta: float, seed: int) -> ad.AnnData:
+    """Same group means and library sizes as make_adata, other inverse dispersion."""
+    adata = make_adata(sizes, seed=seed)
+    means = _group_means()
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for group, n in sizes.items():
+        rate = means[group][None, :] * rng.lognormal(mean=0.0, sigma=0.3, size=(n, 1))
+        blocks.append(rng.negative_binomial(theta, theta / (theta + rate)))
+    adata.X = np.vstack(blocks).astype(np.float32)
+    return adata
+
+
+def test_count_shape_auroc_sees_overdispersed_counts(space, held_out):
+    """Same means, wider dispersion: the count profile tells it, fresh cells stay at chance."""
+    fresh = make_adata({"A": 120, "B": 120}, seed=7)
+    wide = _overdispersed({"A": 120, "B": 120}, theta=0.5, seed=7)
+    ok = compare_conditions(held_out, fresh, "cell_type", space, min_cells=20)
+    bad = compare_conditions(held_out, wide, "cell_type", space, min_cells=20)
+    for group in ("A", "B"):
+        assert ok.loc[group, "count_shape_auroc"] < 0.65
+        assert abs(ok.loc[group, "count_shape_auroc_floor"] - 0.5) < 0.15
+        assert bad.loc[group, "count_shape_auroc"] > 0.9
+    summary = summarize(bad)
+    assert summary["count_shape_auroc"] > summary["count_shape_auroc_floor"] + 0.3
 
 
 # --- correlation, zero-fraction and library-size distances --------------------------------

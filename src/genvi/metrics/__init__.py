@@ -4,9 +4,10 @@ Protocol: generated and real held-out cells are compared in a PCA space fitted o
 *training* cells (highly variable genes, ``normalize_total`` + ``log1p``, centred with the
 training mean) with the energy distance, RBF-MMD² (median-heuristic bandwidths, reported), a
 classifier two-sample AUROC, per-gene mean / variance agreement in log space, gene-gene
-correlation, zero-fraction and library-size distances. Each metric comes with a noise floor:
-the same metric between two disjoint halves of the real cells. :func:`evaluate` runs it all,
-with privacy (:func:`privacy`, distance to the closest training record, and
+correlation, zero-fraction and library-size distances, and a classifier AUROC on per-cell count
+profiles (:func:`count_profile`: depth, detected genes, repeated counts). Each metric comes with
+a noise floor: the same metric between two disjoint halves of the real cells. :func:`evaluate`
+runs it all, with privacy (:func:`privacy`, distance to the closest training record, and
 :func:`membership_inference`, attacks at cell and donor level) when the training cells are
 given; :func:`calibration` checks predictive intervals (:class:`ConformalIntervals`
 recalibrates them on held-out cells), :func:`counterfactual_scores` (with
@@ -26,7 +27,12 @@ from ._floor import noise_floor, split_halves
 from ._membership import membership_inference
 from ._privacy import close_limit, distance_to_closest_record, privacy
 from ._space import ReferenceSpace
-from ._structure import correlation_distance, library_size_distance, zero_fraction_distance
+from ._structure import (
+    correlation_distance,
+    count_profile,
+    library_size_distance,
+    zero_fraction_distance,
+)
 
 __all__ = [
     "ConformalIntervals",
@@ -38,6 +44,7 @@ __all__ = [
     "compare_conditions",
     "conformal_pvalues",
     "correlation_distance",
+    "count_profile",
     "counterfactual_lfc",
     "counterfactual_scores",
     "distance_to_closest_record",

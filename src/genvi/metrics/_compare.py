@@ -12,8 +12,13 @@ import pandas as pd
 from ._distances import c2st_auroc, energy_distance, median_heuristic_bandwidths, mmd_rbf
 from ._expression import mean_var_agreement
 from ._floor import split_halves
-from ._space import ReferenceSpace
-from ._structure import correlation_distance, library_size_distance, zero_fraction_distance
+from ._space import ReferenceSpace, _normalize_log1p
+from ._structure import (
+    correlation_distance,
+    count_profile,
+    library_size_distance,
+    zero_fraction_distance,
+)
 
 LABEL_SEP = "|"
 _PAIR_METRICS = (
@@ -27,6 +32,7 @@ _PAIR_METRICS = (
     "corr_dist",
     "zero_frac_dist",
     "library_dist",
+    "count_shape_auroc",
 )
 # Agreement metrics: larger is better; every other metric is a distance (smaller is better).
 HIGHER_IS_BETTER = frozenset({"mean_r2", "var_r2", "mean_pearson", "var_pearson"})
@@ -61,9 +67,10 @@ class _Cells(NamedTuple):
     pcs: np.ndarray  # reference PCA coordinates
     log: np.ndarray  # log-normalised expression of the space's genes
     library: np.ndarray  # library sizes as used by the normalisation
+    profile: np.ndarray  # per-cell count profile of the space's genes (count_profile)
 
     def take(self, idx: np.ndarray) -> _Cells:
-        return _Cells(self.pcs[idx], self.log[idx], self.library[idx])
+        return _Cells(self.pcs[idx], self.log[idx], self.library[idx], self.profile[idx])
 
 
 def _pair_metrics(
@@ -87,6 +94,9 @@ def _pair_metrics(
         "corr_dist": correlation_distance(real.log[:, corr_genes], other.log[:, corr_genes]),
         "zero_frac_dist": zero_fraction_distance(real.log, other.log),
         "library_dist": library_size_distance(real.library, other.library),
+        "count_shape_auroc": c2st_auroc(
+            real.profile, other.profile, seed=seed, classifier="logistic", max_cells=max_cells
+        ),
     }
 
 
@@ -120,7 +130,8 @@ def compare_conditions(
     cells of that condition are compared in the reference PCA space (energy distance, RBF-MMD²,
     classifier two-sample AUROC), in log-normalised expression of the space's genes (per-gene
     mean / variance R² and Pearson r, zero fractions, gene-gene correlations of the
-    ``n_corr_genes`` most expressed genes) and by their library sizes. Each metric also gets a
+    ``n_corr_genes`` most expressed genes), by their library sizes and by a classifier on
+    per-cell count profiles (depth, detected genes, repeated counts). Each metric also gets a
     noise floor: the same metric between two random disjoint halves of the real cells of the
     condition. :func:`~genvi.metrics.evaluate` wraps this with space fitting and privacy.
 
@@ -179,6 +190,12 @@ def compare_conditions(
           zero fractions over the space's genes (:func:`~genvi.metrics.zero_fraction_distance`);
         - ``library_dist``, ``library_dist_floor``: Wasserstein distance of ``log1p`` library
           sizes, as the space normalises by them (:func:`~genvi.metrics.library_size_distance`);
+        - ``count_shape_auroc``, ``count_shape_auroc_floor``: classifier two-sample AUROC
+          (always logistic, standardised features) on each cell's
+          :func:`~genvi.metrics.count_profile` over the space's genes: ``log1p`` library size,
+          ``log1p`` detected genes and the fraction of detected genes with two or more counts.
+          It sees the count noise (Poisson vs overdispersed) that normalisation and the PCA
+          hide; 0.5 = the counts look alike;
         - with ``baseline``: ``n_baseline``, ``baseline_<metric>`` for each metric above, and
           ``<metric>_score`` = ``(model - floor) / (baseline - floor)`` for each metric (0 = at
           the noise floor, 1 = as far as the baseline, for distances and agreements alike;
@@ -208,9 +225,9 @@ def compare_conditions(
     combos = real.obs[keys].dropna().drop_duplicates().sort_values(keys)
 
     def embed(adata: ad.AnnData, mask: np.ndarray, lay: str | None) -> _Cells:
-        subset = adata[mask]
-        log_expr = space.log_normalize(subset, layer=lay)
-        return _Cells(space.project(log_expr), log_expr, space.library_sizes(subset, layer=lay))
+        counts, library = space._reference_counts(adata[mask], lay)
+        log_expr = _normalize_log1p(counts, library, space.target_sum)
+        return _Cells(space.project(log_expr), log_expr, library, count_profile(counts, library))
 
     opts = {
         "max_cells": max_cells,

@@ -41,10 +41,11 @@ def evaluate(
     :func:`~genvi.metrics.compare_conditions` (energy distance, RBF-MMD² with the stated
     bandwidths, classifier AUROC, per-gene mean / variance R² and Pearson r, gene-gene
     correlation distance on the 200 most expressed genes, zero-fraction distance, library-size
-    distance; each with its real-vs-real noise floor, and normalised scores when ``baseline``
-    is given), and, when ``train`` is given, :func:`~genvi.metrics.privacy` per condition and
-    overall and :func:`~genvi.metrics.membership_inference` on all cells (members: ``train``,
-    non-members: ``real``).
+    distance, count-profile classifier AUROC; each with its real-vs-real noise floor, and
+    normalised scores when ``baseline`` is given), and, when ``train`` is given,
+    :func:`~genvi.metrics.privacy` per condition and overall and
+    :func:`~genvi.metrics.membership_inference` on all cells (members: ``train``, non-members:
+    ``real``).
 
     Which cells the space is fitted on matters. With ``train`` (the protocol), the space is
     fixed before any held-out or generated cell is seen, every generator is judged in the same

@@ -1,4 +1,4 @@
-"""Distribution-shape distances: gene-gene correlations, zero fractions, library sizes."""
+"""Distribution-shape distances: correlations, zero fractions, library sizes, count profiles."""
 
 from __future__ import annotations
 
@@ -125,3 +125,55 @@ def library_size_distance(real_library: np.ndarray, gen_library: np.ndarray) -> 
     ):
         raise ValueError("Library sizes must be finite and non-negative.")
     return float(wasserstein_distance(np.log1p(real), np.log1p(gen)))
+
+
+#: names of the columns of :func:`count_profile`
+COUNT_PROFILE_FEATURES = ("log_library", "log_detected", "multi_count_fraction")
+
+
+def count_profile(
+    counts: np.ndarray | sp.spmatrix | sp.sparray, library: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-cell summary of the shape of a count vector, ``(n_cells, 3)``.
+
+    Columns (names in ``COUNT_PROFILE_FEATURES``): ``log1p`` of the library size, ``log1p`` of the
+    number of detected (non-zero) genes, and the fraction of detected genes with at least two
+    counts. Why: at a given depth, how a cell's counts split into singletons and repeated counts
+    is set by the count noise (Poisson vs negative binomial, the dispersion), which the
+    log-normalised PCA space barely sees. On pbmc3k the fraction alone (over all genes) told the
+    default PriorVI's generated cells from held-out cells with AUROC 0.87, while the 50-PC
+    classifier gave 0.60 (issue #20).
+
+    Parameters
+    ----------
+    counts
+        Counts, shape ``(n_cells, n_genes)``, dense or sparse; entries of at least 2 count as
+        repeated (values are not rounded).
+    library
+        Library size per cell; ``None`` uses the row sums of ``counts``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Float64 array of shape ``(n_cells, 3)``; a cell without detected genes has fraction 0.
+    """
+    if counts.ndim != 2:
+        raise ValueError("`counts` must be a 2-D array (cells x genes).")
+    if sp.issparse(counts):
+        csr = sp.csr_matrix(counts)
+        detected = np.asarray((csr != 0).sum(axis=1), dtype=np.float64).ravel()
+        repeated = np.asarray((csr >= 2).sum(axis=1), dtype=np.float64).ravel()
+        totals = np.asarray(csr.sum(axis=1), dtype=np.float64).ravel()
+    else:
+        x = np.asarray(counts)
+        detected = (x != 0).sum(axis=1).astype(np.float64)
+        repeated = (x >= 2).sum(axis=1).astype(np.float64)
+        totals = x.sum(axis=1, dtype=np.float64)
+    if library is not None:
+        totals = np.asarray(library, dtype=np.float64).ravel()
+        if totals.shape[0] != counts.shape[0]:
+            raise ValueError(
+                f"`library` has {totals.shape[0]} entries for {counts.shape[0]} cells."
+            )
+    fraction = np.divide(repeated, detected, out=np.zeros_like(detected), where=detected > 0)
+    return np.column_stack([np.log1p(totals), np.log1p(detected), fraction])
