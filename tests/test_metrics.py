@@ -41,18 +41,22 @@ def _group_means(seed: int = 0) -> dict[str, np.ndarray]:
     return {"A": base, "B": b_means, "C": c_means, "D": d_means}
 
 
-def _nb_counts(mu: np.ndarray, n_cells: int, rng: np.random.Generator) -> np.ndarray:
-    theta = 5.0
+def _nb_counts(
+    mu: np.ndarray, n_cells: int, rng: np.random.Generator, theta: float = 5.0
+) -> np.ndarray:
     library = rng.lognormal(mean=0.0, sigma=0.3, size=(n_cells, 1))
     rate = mu[None, :] * library
     return rng.negative_binomial(theta, theta / (theta + rate)).astype(np.float32)
 
 
-def make_adata(sizes: dict[str, int], seed: int, sparse: bool = False) -> ad.AnnData:
-    """NB counts, one block of cells per group; group means shared across seeds."""
+def make_adata(
+    sizes: dict[str, int], seed: int, sparse: bool = False, theta: float = 5.0
+) -> ad.AnnData:
+    """NB counts (inverse dispersion ``theta``), one block of cells per group; group means
+    shared across seeds."""
     means = _group_means()
     rng = np.random.default_rng(seed)
-    blocks = [_nb_counts(means[g], n, rng) for g, n in sizes.items()]
+    blocks = [_nb_counts(means[g], n, rng, theta) for g, n in sizes.items()]
     x = np.vstack(blocks)
     obs = pd.DataFrame(
         {
@@ -392,23 +396,10 @@ def test_count_profile_known_values_dense_sparse_and_errors():
         count_profile(x, library=np.ones(2))
 
 
-def _overdispersed(sizes: dict[str, int], theta: float, seed: int) -> ad.AnnData:
-    """Same group means and library sizes as make_adata, other inverse dispersion."""
-    adata = make_adata(sizes, seed=seed)
-    means = _group_means()
-    rng = np.random.default_rng(seed)
-    blocks = []
-    for group, n in sizes.items():
-        rate = means[group][None, :] * rng.lognormal(mean=0.0, sigma=0.3, size=(n, 1))
-        blocks.append(rng.negative_binomial(theta, theta / (theta + rate)))
-    adata.X = np.vstack(blocks).astype(np.float32)
-    return adata
-
-
 def test_count_shape_auroc_sees_overdispersed_counts(space, held_out):
     """Same means, wider dispersion: the count profile tells it, fresh cells stay at chance."""
     fresh = make_adata({"A": 120, "B": 120}, seed=7)
-    wide = _overdispersed({"A": 120, "B": 120}, theta=0.5, seed=7)
+    wide = make_adata({"A": 120, "B": 120}, seed=7, theta=0.5)
     ok = compare_conditions(held_out, fresh, "cell_type", space, min_cells=20)
     bad = compare_conditions(held_out, wide, "cell_type", space, min_cells=20)
     for group in ("A", "B"):

@@ -159,21 +159,16 @@ def count_profile(
     """
     if counts.ndim != 2:
         raise ValueError("`counts` must be a 2-D array (cells x genes).")
-    if sp.issparse(counts):
-        csr = sp.csr_matrix(counts)
-        detected = np.asarray((csr != 0).sum(axis=1), dtype=np.float64).ravel()
-        repeated = np.asarray((csr >= 2).sum(axis=1), dtype=np.float64).ravel()
-        totals = np.asarray(csr.sum(axis=1), dtype=np.float64).ravel()
-    else:
-        x = np.asarray(counts)
-        detected = (x != 0).sum(axis=1).astype(np.float64)
-        repeated = (x >= 2).sum(axis=1).astype(np.float64)
-        totals = x.sum(axis=1, dtype=np.float64)
     if library is not None:
         totals = np.asarray(library, dtype=np.float64).ravel()
         if totals.shape[0] != counts.shape[0]:
             raise ValueError(
                 f"`library` has {totals.shape[0]} entries for {counts.shape[0]} cells."
             )
+    x = sp.csr_matrix(counts) if sp.issparse(counts) else np.asarray(counts)
+    detected = np.asarray((x != 0).sum(axis=1), dtype=np.float64).ravel()
+    repeated = np.asarray((x >= 2).sum(axis=1), dtype=np.float64).ravel()
+    if library is None:  # row sums only when the caller has no library sizes
+        totals = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
     fraction = np.divide(repeated, detected, out=np.zeros_like(detected), where=detected > 0)
     return np.column_stack([np.log1p(totals), np.log1p(detected), fraction])
