@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pytest
 from scipy import stats
@@ -137,14 +138,13 @@ def scored_cells():
     test = sim[part == 4].copy()
     novel = test.copy()
     novel.X = novel.X[:, np.random.default_rng(1).permutation(novel.n_vars)]
-    return {
-        name: model.score_outliers(cells)
-        for name, cells in {
-            "reference": sim[part == 3].copy(),
-            "test": test,
-            "novel": novel,
-        }.items()
-    }
+    novel.obs_names = [f"novel_{i}" for i in range(novel.n_obs)]
+    parts = {"reference": sim[part == 3].copy(), "test": test, "novel": novel}
+    # scored in one call, as documented: the default (joint) space is fitted with the scored
+    # cells, and reference and query cells must share it to be exchangeable
+    scores = model.score_outliers(ad.concat(list(parts.values())))
+    bounds = np.cumsum([0] + [cells.n_obs for cells in parts.values()])
+    return {name: scores[a:b] for name, a, b in zip(parts, bounds[:-1], bounds[1:])}
 
 
 def test_model_scores_of_held_out_typical_cells_give_valid_pvalues(scored_cells):

@@ -101,35 +101,42 @@ def test_disentvi_and_latent_diffusion_default_scores(depth_split, unlabelled_pr
     assert min(_aurocs(diffusion, known, regimes, kind="knn").values()) > 0.9  # 0.967 / 0.957
 
 
-def _coordinates(model, kind, train_idx, known):
+def _coordinates(model, kind, train_idx, known, space="training"):
     """Training and known cells where each k-NN score measures distances, computed here."""
     if kind == "knn":
         return model.get_latent_representation(indices=train_idx), model.get_latent_representation(
             known
         )
-    space = ReferenceSpace.fit(model.adata[train_idx], n_top_genes=2000, n_comps=10, seed=0)
-    return space.transform(model.adata[train_idx]), space.transform(known)
+    train = model.adata[train_idx]
+    fitted_on = train if space == "training" else ad.concat([train, known])
+    space = ReferenceSpace.fit(fitted_on, n_top_genes=2000, n_comps=10, seed=0)
+    return space.transform(train), space.transform(known)
 
 
-@pytest.mark.parametrize("kind", ["expression", "knn"])
+@pytest.mark.parametrize(
+    ("kind", "space"), [("expression", "joint"), ("expression", "training"), ("knn", "joint")]
+)
 def test_knn_scores_are_mean_distances_to_other_training_cells(
-    depth_split, unlabelled_priorvi, kind
+    depth_split, unlabelled_priorvi, kind, space
 ):
     model, known = unlabelled_priorvi, depth_split[1]
     before = known.copy()
     train_idx = np.sort(model.train_indices)
-    z_train, z_known = _coordinates(model, kind, train_idx, known)
+    z_train, z_known = _coordinates(model, kind, train_idx, known, space)
     dist, _ = NearestNeighbors(n_neighbors=5).fit(z_train).kneighbors(z_known)
+    kw = {"kind": kind, "n_neighbors": 5, "space": space}
     np.testing.assert_allclose(
-        model.score_outliers(known, kind=kind, n_neighbors=5), dist.mean(1), rtol=1e-5, atol=1e-6
+        model.score_outliers(known, **kw), dist.mean(1), rtol=1e-5, atol=1e-6
     )
     if kind == "expression":  # reads the data only (the latent goes through scvi's setup)
         assert (known.X != before.X).nnz == 0 and known.obs.equals(before.obs)
         assert known.var.equals(before.var) and known.uns.keys() == before.uns.keys()
-    # a training cell is not its own neighbour, whether scored in the model's AnnData or a copy
-    own = model.score_outliers(indices=train_idx[:20], kind=kind, n_neighbors=5)
-    copy = model.score_outliers(model.adata[train_idx[:20]].copy(), kind=kind, n_neighbors=5)
+    # a training cell is not its own neighbour, whether scored in the model's AnnData or a
+    # copy; scored alone, training cells add nothing to a joint space (the training space)
+    own = model.score_outliers(indices=train_idx[:20], **kw)
+    copy = model.score_outliers(model.adata[train_idx[:20]].copy(), **kw)
     np.testing.assert_allclose(own, copy, rtol=1e-5, atol=1e-6)
+    z_train, _ = _coordinates(model, kind, train_idx, known, "training")
     dist, _ = NearestNeighbors(n_neighbors=6).fit(z_train).kneighbors(z_train[:20])
     np.testing.assert_allclose(own, dist[:, 1:].mean(1), rtol=1e-5, atol=1e-6)
     assert np.all(own > 0)
@@ -137,13 +144,48 @@ def test_knn_scores_are_mean_distances_to_other_training_cells(
     renamed = known.copy()
     renamed.obs_names = model.adata.obs_names[train_idx[: known.n_obs]]
     np.testing.assert_allclose(
-        model.score_outliers(renamed, kind=kind, n_neighbors=5),
-        model.score_outliers(known, kind=kind, n_neighbors=5),
-        rtol=1e-6,
+        model.score_outliers(renamed, **kw), model.score_outliers(known, **kw), rtol=1e-6
     )
     # validation cells are not in the reference: calibration cells for flag_outliers
-    val = model.score_outliers(indices=model.validation_indices, kind=kind)
+    val = model.score_outliers(indices=model.validation_indices, **kw)
     assert np.all(val > 0) and np.isfinite(val).all()
+
+
+def test_joint_space_finds_a_type_that_differs_where_training_cells_do_not_vary():
+    """An unseen type that differs only in genes flat among the training cells.
+
+    Three known types differ in genes 0-29; the unseen type is type 0 with genes 60-89
+    raised 3x, genes in which no training cell varies beyond Poisson noise. The training
+    cells' 10 components span their type differences and noise, so the unseen cells barely
+    move in them; fitted with the scored cells, one component follows the new genes.
+    """
+    rng = np.random.default_rng(0)
+    n_genes, depth = 120, 1500
+    base = rng.gamma(2.0, 1.0, size=n_genes)
+    profiles = np.tile(base, (4, 1))
+    for t in range(3):
+        profiles[t, 10 * t : 10 * t + 10] *= 6.0  # known types: genes 0-29
+    profiles[3] = profiles[0]
+    profiles[3, 60:90] *= 3.0  # the unseen type: type 0, genes 60-89 raised
+    profiles /= profiles.sum(1, keepdims=True)
+
+    def cells(types, prefix):
+        x = rng.poisson(depth * profiles[types]).astype(np.float32)
+        out = ad.AnnData(sparse.csr_matrix(x))
+        out.obs_names = [f"{prefix}{i}" for i in range(len(types))]
+        out.var_names = [f"g{j}" for j in range(n_genes)]
+        return out
+
+    train = cells(np.repeat([0, 1, 2], 200), "train")
+    query = cells(np.r_[np.repeat([0, 1, 2], 60), np.full(40, 3)], "query")
+    is_novel = np.r_[np.zeros(180), np.ones(40)]
+    scvi.settings.seed = 0
+    PriorVI.setup_anndata(train)
+    model = quiet_train(PriorVI(train), max_epochs=2)  # the expression score reads no weights
+    joint = roc_auc_score(is_novel, model.score_outliers(query))
+    training = roc_auc_score(is_novel, model.score_outliers(query, space="training"))
+    assert joint > 0.95, (joint, training)
+    assert joint > training + 0.15, (joint, training)
 
 
 def test_expression_score_on_log_scale_data():
@@ -159,17 +201,22 @@ def test_expression_score_on_log_scale_data():
     model = quiet_train(PriorVI(train, gene_likelihood="normal"), max_epochs=30)
     query = ad.concat([log_data[seen][450:], log_data[~seen]])
     is_novel = (query.obs["cell_type"] == "type_2").to_numpy()
-    scores = model.score_outliers(query)
-    assert roc_auc_score(is_novel, scores) > 0.95  # measured 0.999
     # the same distance as in a PCA of the centred log data, computed here
     from sklearn.decomposition import PCA
 
     ref = np.asarray(train.X, dtype=np.float64)[np.sort(model.train_indices)]
-    pca = PCA(n_components=10, random_state=0).fit(ref - ref.mean(0))
-    z_ref = pca.transform(ref - ref.mean(0))
-    z_q = pca.transform(np.asarray(query.X, dtype=np.float64) - ref.mean(0))
-    dist, _ = NearestNeighbors(n_neighbors=10).fit(z_ref).kneighbors(z_q)
-    np.testing.assert_allclose(scores, dist.mean(1), rtol=1e-4, atol=1e-5)
+    q = np.asarray(query.X, dtype=np.float64)
+    for space, fitted_on in {"training": ref, "joint": np.vstack([ref, q])}.items():
+        scores = model.score_outliers(query, space=space)
+        assert roc_auc_score(is_novel, scores) > 0.95, space  # measured 0.999
+        centre = fitted_on.mean(0)
+        pca = PCA(n_components=10, random_state=0).fit(fitted_on - centre)
+        dist, _ = (
+            NearestNeighbors(n_neighbors=10)
+            .fit(pca.transform(ref - centre))
+            .kneighbors(pca.transform(q - centre))
+        )
+        np.testing.assert_allclose(scores, dist.mean(1), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_arguments_get_clear_errors(depth_split, unlabelled_priorvi):
@@ -180,6 +227,8 @@ def test_bad_arguments_get_clear_errors(depth_split, unlabelled_priorvi):
         model.score_outliers(known, n_neighbors=0)
     with pytest.raises(TypeError, match="n_neighbors must be an integer"):
         model.score_outliers(known, n_neighbors=2.5)
+    with pytest.raises(ValueError, match=r"space must be one of \['joint', 'training'\]"):
+        model.score_outliers(known, space="query")
     untrained = known.copy()
     PriorVI.setup_anndata(untrained)
     with pytest.raises(RuntimeError, match="call train"):
@@ -197,8 +246,10 @@ def test_one_signature_everywhere():
         "batch_size",
         "kind",
         "n_neighbors",
+        "space",
     ]
     assert signatures["LatentFlow"].parameters["kind"].default == "expression"
+    assert signatures["LatentFlow"].parameters["space"].default == "joint"
 
 
 def test_expression_score_reads_the_registered_layer():
@@ -213,13 +264,16 @@ def test_expression_score_reads_the_registered_layer():
     query.obs_names = [f"new_{i}" for i in range(query.n_obs)]
     query.X = np.ones(query.shape, dtype=np.float32)
     ref = train[np.sort(model.train_indices)]
-    space = ReferenceSpace.fit(ref, layer="counts", n_top_genes=2000, n_comps=10, seed=0)
-    dist, _ = (
-        NearestNeighbors(n_neighbors=10)
-        .fit(space.transform(ref, layer="counts"))
-        .kneighbors(space.transform(query, layer="counts"))
-    )
-    np.testing.assert_allclose(model.score_outliers(query), dist.mean(1), rtol=1e-5, atol=1e-6)
+    for space, fitted_on in {"training": ref, "joint": ad.concat([ref, query])}.items():
+        fitted = ReferenceSpace.fit(fitted_on, layer="counts", n_top_genes=2000, n_comps=10, seed=0)
+        dist, _ = (
+            NearestNeighbors(n_neighbors=10)
+            .fit(fitted.transform(ref, layer="counts"))
+            .kneighbors(fitted.transform(query, layer="counts"))
+        )
+        np.testing.assert_allclose(
+            model.score_outliers(query, space=space), dist.mean(1), rtol=1e-5, atol=1e-6
+        )
     del query.layers["counts"]
     with pytest.raises(ValueError, match="Layer 'counts' not found"):
         model.score_outliers(query)

@@ -71,8 +71,10 @@ def conformal_pvalues(
 
     Examples
     --------
-    >>> ref = model.score_outliers(indices=model.validation_indices)  # not trained on
-    >>> p = genvi.metrics.conformal_pvalues(model.score_outliers(query), ref)
+    >>> calib = model.adata[model.validation_indices]  # cells the model did not train on
+    >>> scores = model.score_outliers(anndata.concat([calib, query]))  # one call, one space
+    >>> ref, s = scores[: calib.n_obs], scores[calib.n_obs :]
+    >>> p = genvi.metrics.conformal_pvalues(s, ref)
     >>> flagged = genvi.metrics.flag_outliers(p, fdr=0.1, pvalues=True)
     """
     scores = _as_scores(scores, "scores")
