@@ -200,21 +200,22 @@ class NoveltyMixin:
         """
         X = self._registered_data(adata)
         X = X if indices is None else X[np.asarray(indices)]
+        var_names = self.adata.var_names
+        if space == "joint":
+            new = np.flatnonzero(~self._is_training_row(adata, indices, X, reference))
+            if len(new):  # the training space is neither needed nor cached here
+                train_X = self._registered_data(None)[reference]
+                fitted = self._fit_expression_space(_stack_rows(train_X, X[new]))
+                return fitted.transform(X, var_names), fitted.transform(train_X, var_names)
         key = (id(self.adata), self.adata.n_obs, reference.tobytes())
         cache = getattr(self, "_expression_space_cache", None)
         if cache is None or cache[0] != key:
             train_X = self._registered_data(None)[reference]
             fitted = self._fit_expression_space(train_X)
-            cache = (key, fitted, fitted.transform(train_X, self.adata.var_names))
+            cache = (key, fitted, fitted.transform(train_X, var_names))
             self._expression_space_cache = cache
         _, fitted, ref = cache
-        if space == "joint":
-            new = ~self._is_training_row(adata, indices, X, reference)
-            if new.any():
-                train_X = self._registered_data(None)[reference]
-                fitted = self._fit_expression_space(_stack_rows(train_X, X[np.flatnonzero(new)]))
-                ref = fitted.transform(train_X, self.adata.var_names)
-        return fitted.transform(X, self.adata.var_names), ref
+        return fitted.transform(X, var_names), ref
 
     def _fit_expression_space(self, X: np.ndarray | sp.spmatrix) -> ExpressionSpace:
         counts = getattr(self.module, "gene_likelihood", None) != "normal"
