@@ -49,11 +49,23 @@ other types" (negatives), per left-out type and the mean. ``auroc_unseen_2pct``:
 expression scores (with and without enrichment) when the scored cells hold only a random 2 %
 share of the left-out type's cells (at least 3), the other held-out cells all kept: the
 transductive parts (joint space, enrichment) need the unseen cells to be visible among the
-scored ones. Run from the repository root::
+scored ones.
+
+``--models disentvi,latentflow,latentdiffusion`` adds, per left-out type, the other models'
+scores (``other_models`` in the JSON, its own table): a DisentVI trained on the same cells with
+the cell type as its one known attribute (the left-out type is not among its labels; the scored
+cells' labels are removed, as a user's new cells would have none), and a LatentFlow and a
+LatentDiffusion trained on the PriorVI above (``--prior-epochs``, default the models' own
+~10,000 steps). For each: ``score_outliers`` (default), ``expression_distance``, ``latent_knn``
+and ``latent_knn_distance``, and the latent priors' ``latent_density``
+(``score_outliers(kind="latent")``, LatentFlow's -log p_flow(z) at the posterior mean). Run
+from the repository root::
 
     python benchmarks/outliers.py --threads 1                  # writes results/
     python benchmarks/outliers.py --threads 1 --dataset kang   # Kang 8 donors
     python benchmarks/outliers.py --priors gaussian,mog --max-epochs 30
+    python benchmarks/outliers.py --threads 1 --models disentvi,latentflow,latentdiffusion \
+        --out benchmarks/results/outliers_pbmc3k_models.json
 """
 
 from __future__ import annotations
@@ -93,14 +105,27 @@ DEFAULT_EPOCHS = 50
 KNN_K = 10
 #: share of the scored cells that the unseen type keeps in the rare-unseen rerun
 RARE_SHARE = 0.02
+#: scores of the rare-unseen rerun
+RARE_SCORES = {
+    "score_outliers": {},
+    "expression_unmatched": {"match_depth": False},
+    "expression_distance": {"enrichment": False, "match_depth": False},
+}
+#: depth check: half of the known held-out cells also scored with their counts thinned to this
+THIN_SHARE = 0.25
 PCA_COMPONENTS = (10, 50)
 SCORES = {
     "score_outliers": (
-        f"score_outliers() (expression PCA-10 {KNN_K}-NN distance, joint space, enrichment)"
+        f"score_outliers() (expression PCA-10 {KNN_K}-NN distance, depth-matched, joint space, "
+        "enrichment)"
     ),
-    "expression_distance": "score_outliers(enrichment=False) (joint space, distance only)",
+    "expression_unmatched": "score_outliers(match_depth=False) (no thinning)",
+    "expression_distance": (
+        "score_outliers(enrichment=False, match_depth=False) (joint space, distance only)"
+    ),
     "expression_training": (
-        "score_outliers(space='training', enrichment=False) (PCA of training cells only)"
+        "score_outliers(space='training', enrichment=False, match_depth=False) (PCA of training "
+        "cells only)"
     ),
     "latent_knn": f"score_outliers(kind='knn') (latent {KNN_K}-NN distance, enrichment)",
     "latent_knn_distance": "score_outliers(kind='knn', enrichment=False) (distance only)",
@@ -110,6 +135,18 @@ SCORES = {
     "latent_overlap": "latent overlap (candidate)",
     **{f"pca_knn_{n}": f"PCA-{n} {KNN_K}-NN distance (baseline, no model)" for n in PCA_COMPONENTS},
     "decoded_knn_10": f"decoded expression, PCA-10 {KNN_K}-NN distance (candidate)",
+}
+
+
+#: models --models can add beside the PriorVI of every left-out type
+OTHER_MODELS = ("disentvi", "latentflow", "latentdiffusion")
+#: scores of the other models (their ``kind="latent"`` only where they offer it)
+OTHER_SCORES = {
+    "score_outliers": "score_outliers() (default)",
+    "expression_distance": "score_outliers(enrichment=False)",
+    "latent_knn": "score_outliers(kind='knn')",
+    "latent_knn_distance": "score_outliers(kind='knn', enrichment=False)",
+    "latent_density": "score_outliers(kind='latent') (-log p_flow(z))",
 }
 
 
@@ -202,12 +239,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma list of cell types to leave out (default: all with >= 30 cells)",
     )
     parser.add_argument(
+        "--models",
+        default="",
+        help=f"comma list of models to score beside PriorVI, of {list(OTHER_MODELS)}",
+    )
+    parser.add_argument(
+        "--prior-epochs",
+        type=int,
+        default=None,
+        help="epochs of LatentFlow / LatentDiffusion (default: the models' own, ~10,000 steps)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
         help="JSON output (default: benchmarks/results/outliers_<dataset>.json)",
     )
     args = parser.parse_args(argv)
+    args.models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(args.models) - set(OTHER_MODELS))
+    if unknown:
+        parser.error(f"unknown --models {unknown}; choose from {list(OTHER_MODELS)}")
     args.filename, args.cell_type_key = DATASETS[args.dataset]
     if args.out is None:
         args.out = RESULTS_DIR / f"outliers_{args.dataset}.json"
@@ -222,6 +274,46 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(roc_auc_score(positive.astype(int), scores))
 
 
+def thin_counts(cells: Any, share: float, seed: int) -> Any:
+    """A copy of ``cells`` with every count binomially thinned to ``share`` (renamed cells)."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    out = cells.copy()
+    X = sp.csr_matrix(out.X, dtype=np.float64)
+    X.data = rng.binomial(np.rint(X.data).astype(np.int64), share).astype(np.float64)
+    X.eliminate_zeros()
+    out.X = X
+    out.obs_names = [f"{name}-thinned" for name in out.obs_names]
+    return out
+
+
+def depth_check(model: Any, test: Any, positive: np.ndarray, seed: int) -> dict[str, Any]:
+    """AUROCs with half of the known held-out cells also scored thinned to ``THIN_SHARE``.
+
+    ``thinned_vs_original``: the thinned copies against their own originals (0.5: depth does
+    not move the score); ``unseen``: the left-out type against all other scored cells, thinned
+    copies included. For the default and for ``match_depth=False``, one call each.
+    """
+    import anndata
+
+    rng = np.random.default_rng(seed)
+    known = np.flatnonzero(~positive)
+    half = np.sort(rng.choice(known, len(known) // 2, replace=False))
+    cells = anndata.concat([test, thin_counts(test[half], THIN_SHARE, seed)])
+    is_thinned = np.r_[np.zeros(test.n_obs, bool), np.ones(len(half), bool)]
+    pair = np.r_[np.isin(np.arange(test.n_obs), half), np.ones(len(half), bool)]
+    unseen = np.r_[positive, np.zeros(len(half), bool)]
+    out: dict[str, Any] = {"n_thinned": len(half)}
+    for name, kw in (("score_outliers", {}), ("expression_unmatched", {"match_depth": False})):
+        scores = model.score_outliers(cells, n_neighbors=KNN_K, **kw)
+        out[name] = {
+            "thinned_vs_original": auroc(scores[pair], is_thinned[pair]),
+            "unseen": auroc(scores, unseen),
+        }
+    return out
+
+
 def rare_unseen_subset(positive: np.ndarray, share: float, seed: int) -> np.ndarray:
     """Sorted rows keeping every negative and a random ``share`` of the scored cells positive.
 
@@ -232,6 +324,57 @@ def rare_unseen_subset(positive: np.ndarray, share: float, seed: int) -> np.ndar
     n_pos = max(3, int(round(share * len(neg) / (1 - share))))
     pos = rng.choice(pos, min(n_pos, len(pos)), replace=False)
     return np.sort(np.concatenate([neg, pos]))
+
+
+def model_scores(model: Any, query: Any, positive: np.ndarray) -> dict[str, float]:
+    """AUROCs of a trained model's outlier scores of ``query`` (see :data:`OTHER_SCORES`)."""
+    kinds = {
+        "score_outliers": {},
+        "expression_distance": {"enrichment": False},
+        "latent_knn": {"kind": "knn"},
+        "latent_knn_distance": {"kind": "knn", "enrichment": False},
+        "latent_density": {"kind": "latent"},
+    }
+    return {
+        name: auroc(model.score_outliers(query, n_neighbors=KNN_K, **kw), positive)
+        for name, kw in kinds.items()
+        if kw.get("kind", "expression") in model._outlier_kinds
+    }
+
+
+def other_models(
+    priorvi: Any, sub: Any, query: Any, positive: np.ndarray, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """Train the ``--models`` on the PriorVI's cells (or on the PriorVI) and score ``query``."""
+    import scvi
+
+    from genvi.model import DisentVI, LatentDiffusion, LatentFlow
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in args.models:
+        scvi.settings.seed = args.seed
+        if name == "disentvi":
+            cells = sub.copy()
+            DisentVI.setup_anndata(cells, categorical_attributes=[args.cell_type_key])
+            model = DisentVI(cells)
+            fit = lambda m=model: m.train(  # noqa: E731
+                max_epochs=args.max_epochs, batch_size=BATCH_SIZE, enable_progress_bar=False
+            )
+            scored = query.copy()
+            # a user's new cells carry no label of the type the model never saw
+            scored.obs[args.cell_type_key] = np.nan
+        else:
+            cls = LatentFlow if name == "latentflow" else LatentDiffusion
+            model = cls.from_model(priorvi)
+            fit = lambda m=model: m.train(  # noqa: E731
+                max_epochs=args.prior_epochs, enable_progress_bar=False
+            )
+            scored = query
+        _, train_s = timed(fit)
+        scores, score_s = timed(lambda m=model, q=scored: model_scores(m, q, positive))
+        out[name] = {"auroc": scores, "train_seconds": train_s, "score_seconds": score_s}
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
+    return out
 
 
 def run_one(
@@ -264,9 +407,10 @@ def run_one(
     )
     query = test.copy()
     score, score_s = timed(lambda: model.score_outliers(query, n_neighbors=KNN_K))
-    distance = model.score_outliers(query, n_neighbors=KNN_K, enrichment=False)
+    unmatched = model.score_outliers(query, n_neighbors=KNN_K, match_depth=False)
+    distance = model.score_outliers(query, n_neighbors=KNN_K, enrichment=False, match_depth=False)
     training_space = model.score_outliers(
-        query, n_neighbors=KNN_K, space="training", enrichment=False
+        query, n_neighbors=KNN_K, space="training", enrichment=False, match_depth=False
     )
     latent = model.score_outliers(query, kind="knn", n_neighbors=KNN_K)
     latent_distance = model.score_outliers(query, kind="knn", n_neighbors=KNN_K, enrichment=False)
@@ -283,8 +427,9 @@ def run_one(
     rare_query = test[rare].copy()
     rare_aurocs = {
         name: auroc(model.score_outliers(rare_query, n_neighbors=KNN_K, **kw), positive[rare])
-        for name, kw in (("score_outliers", {}), ("expression_distance", {"enrichment": False}))
+        for name, kw in RARE_SCORES.items()
     }
+    depth = depth_check(model, test, positive, args.seed)
     library = np.asarray(test.X.sum(1)).ravel()
     # per_count is -get_log_likelihood / max(total counts, 1): undo the division rather
     # than run the importance sampler a second time (same Monte Carlo samples for both scores).
@@ -298,6 +443,7 @@ def run_one(
     overlap_s = time.perf_counter() - start  # encoding included, as before
     values = {
         "score_outliers": score,
+        "expression_unmatched": unmatched,
         "expression_distance": distance,
         "expression_training": training_space,
         "latent_knn": latent,
@@ -309,6 +455,7 @@ def run_one(
         **baselines,
         "decoded_knn_10": decoded,
     }
+    extra = other_models(model, sub, query, positive, args) if args.models else None
     return {
         "left_out": left_out,
         "prior": prior,
@@ -318,6 +465,8 @@ def run_one(
         "auroc": {k: auroc(v, positive) for k, v in values.items()},
         "n_positive_2pct": int(positive[rare].sum()),
         "auroc_unseen_2pct": rare_aurocs,
+        "n_thinned": depth.pop("n_thinned"),
+        "depth_check": depth,
         "median_score_outliers": {
             "left_out": float(np.median(score[positive])),
             "others": float(np.median(score[~positive])),
@@ -328,7 +477,31 @@ def run_one(
         "per_count_seconds": per_count_s,
         "latent_overlap_seconds": overlap_s,
         "load_average_1min_after": os.getloadavg()[0],
+        **({"other_models": extra} if extra is not None else {}),
     }
+
+
+def other_model_table(
+    results: list[dict[str, Any]], args: argparse.Namespace
+) -> tuple[list[list[Any]], dict[str, dict[str, dict[str, float]]]]:
+    """Rows (per prior, type and ``--models`` model, then means) and the means per prior."""
+    rows: list[list[Any]] = []
+    means: dict[str, dict[str, dict[str, float]]] = {}
+    for prior in args.priors:
+        sel = [r for r in results if r["prior"] == prior and "other_models" in r]
+        for name in args.models:
+            for r in sel:
+                got = r["other_models"][name]["auroc"]
+                rows.append([prior, r["left_out"], name] + [got.get(k, "") for k in OTHER_SCORES])
+            means.setdefault(prior, {})[name] = {
+                k: float(np.mean([r["other_models"][name]["auroc"][k] for r in sel]))
+                for k in OTHER_SCORES
+                if sel and k in sel[0]["other_models"][name]["auroc"]
+            }
+            rows.append(
+                [prior, "**mean**", name] + [means[prior][name].get(k, "") for k in OTHER_SCORES]
+            )
+    return rows, means
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -385,7 +558,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sel = [r for r in results if r["prior"] == prior]
         means[prior] = {k: float(np.mean([r["auroc"][k] for r in sel])) for k in SCORES}
         rows.append([prior, "**mean**", ""] + [means[prior][k] for k in SCORES])
-    rare_keys = ("score_outliers", "expression_distance")
+    rare_keys = tuple(RARE_SCORES)
     rare_rows = [
         [r["prior"], r["left_out"], f"{r['n_positive_2pct']} / {r['n_negative']}"]
         + [r["auroc_unseen_2pct"][k] for k in rare_keys]
@@ -398,6 +571,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             k: float(np.mean([r["auroc_unseen_2pct"][k] for r in sel])) for k in rare_keys
         }
         rare_rows.append([prior, "**mean**", ""] + [rare_means[prior][k] for k in rare_keys])
+    depth_keys = [
+        (k, m)
+        for k in ("score_outliers", "expression_unmatched")
+        for m in ("thinned_vs_original", "unseen")
+    ]
+    depth_rows = [
+        [r["prior"], r["left_out"], r["n_thinned"]]
+        + [r["depth_check"][k][m] for k, m in depth_keys]
+        for r in results
+    ]
+    depth_means: dict[str, dict[str, dict[str, float]]] = {}
+    for prior in args.priors:
+        sel = [r for r in results if r["prior"] == prior]
+        depth_means[prior] = {}
+        for k, m in depth_keys:
+            depth_means[prior].setdefault(k, {})[m] = float(
+                np.mean([r["depth_check"][k][m] for r in sel])
+            )
+        depth_rows.append(
+            [prior, "**mean**", ""] + [depth_means[prior][k][m] for k, m in depth_keys]
+        )
+    other_rows, other_means = other_model_table(results, args)
     machine = machine_info()
     print()
     print(
@@ -420,6 +615,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print()
     print(
+        f"### Depth: half of the known held-out cells also scored with {THIN_SHARE:.0%} of "
+        "their counts (AUROC thinned copies vs their originals, 0.5 = depth-blind; unseen type "
+        "vs all others)"
+    )
+    print()
+    print(
+        markdown_table(
+            ["prior", "left-out type", "thinned cells"]
+            + [f"{k}: {m.replace('_', ' ')}" for k, m in depth_keys],
+            depth_rows,
+        )
+    )
+    if other_rows:
+        print()
+        print("### Other models (`--models`), the same left-out types and scored cells")
+        print()
+        print(
+            markdown_table(
+                ["prior of the PriorVI", "left-out type", "model"] + list(OTHER_SCORES.values()),
+                other_rows,
+            )
+        )
+    print()
+    print(
         f"Machine: {machine['cpu_usable']} usable CPU cores (of {machine['cpu_count']}), "
         f"torch {machine['torch']} ({machine['torch_threads']} threads), "
         f"scvi-tools {machine['scvi_tools']}, genvi {machine['genvi']}, "
@@ -439,9 +658,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "test_size": 0.2,
             "min_cells": MIN_CELLS,
             "rare_share": RARE_SHARE,
+            "depth_check_thin_share": THIN_SHARE,
             "pca_baseline": "genvi.metrics.ReferenceSpace.fit(training cells, n_comps="
             f"{max(PCA_COMPONENTS)}), first {PCA_COMPONENTS} components, {KNN_K}-NN",
             "conditioning": "none (PriorVI.setup_anndata without condition keys)",
+            "models": ["priorvi", *args.models],
+            "prior_epochs": args.prior_epochs,
             "n_train": train.n_obs,
             "n_test": test.n_obs,
             "cell_type_counts": {str(k): int(v) for k, v in counts.items()},
@@ -449,6 +671,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scores": SCORES,
         "mean_auroc": means,
         "mean_auroc_unseen_2pct": rare_means,
+        "mean_depth_check": depth_means,
+        **({"mean_auroc_other_models": other_means} if args.models else {}),
         "per_left_out_type": pd.DataFrame(results).to_dict(orient="records"),
         "machine": machine,
     }

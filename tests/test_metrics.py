@@ -524,3 +524,48 @@ def test_scanpy_backed_metrics_keep_torch_thread_count():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_reference_space_on_very_sparse_counts():
+    # a few hundred counts over thousands of genes: scanpy's seurat_v3 loess is singular at its
+    # default span (and at 0.5) on these data; the space widens the span instead of failing
+    rng = np.random.default_rng(0)
+    X = rng.poisson(0.002, (300, 3000)).astype(np.float32)
+    # two groups of cells, each with 25 markers
+    X[:150, :25] = rng.poisson(4.0, (150, 25))
+    X[150:, 25:50] = rng.poisson(4.0, (150, 25))
+    adata = ad.AnnData(sp.csr_matrix(X))
+    space = ReferenceSpace.fit(adata, n_top_genes=100, n_comps=5)
+    assert space.hvg_flavor == "seurat_v3 (span 1.0)"
+    assert space.n_genes == 100
+    # the first component separates the groups
+    pc1 = space.transform(adata)[:, 0]
+    assert abs(pc1[:150].mean() - pc1[150:].mean()) > 3 * (pc1[:150].std() + pc1[150:].std())
+
+
+def test_reference_space_falls_back_when_loess_fails(monkeypatch):
+    import scanpy as sc
+
+    real = sc.pp.highly_variable_genes
+
+    def singular(adata, flavor="seurat", **kwargs):
+        if flavor == "seurat_v3":
+            raise ValueError("b'There are other near singularities as well. 0.09'")
+        return real(adata, flavor=flavor, **kwargs)
+
+    monkeypatch.setattr(sc.pp, "highly_variable_genes", singular)
+    adata = make_adata({"A": 60, "B": 60}, seed=7, sparse=True)
+    space = ReferenceSpace.fit(adata, n_top_genes=100, n_comps=10)
+    assert space.hvg_flavor == "seurat"
+    assert set(adata.var_names[:N_MARKERS]) & set(space.genes)
+
+
+def test_reference_space_keeps_other_gene_selection_errors(monkeypatch):
+    import scanpy as sc
+
+    def broken(adata, flavor="seurat", **kwargs):
+        raise ValueError("something else")
+
+    monkeypatch.setattr(sc.pp, "highly_variable_genes", broken)
+    with pytest.raises(ValueError, match="something else"):
+        ReferenceSpace.fit(make_adata({"A": 60, "B": 60}, seed=7), n_top_genes=100, n_comps=10)

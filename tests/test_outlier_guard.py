@@ -9,16 +9,16 @@ expression, times the scored cells' local enrichment) and ``kind="knn"`` (the sa
 latents). Skipped, with the reason, when the file is not in ``../shared/data`` (or
 ``GENVI_DATA_DIR``). About 80-120 s of training on the 2-core development machine; ``slow``.
 
-Measured (``results/outliers_kang.json``, seed 0): expression score (the default: the space
-fitted on the training and all held-out cells, the distance times the scored cells'
-enrichment) 0.999, its distance alone 0.972, in the training cells' space 0.954, latent
-10-NN 0.997 (0.969 without enrichment); the per-count likelihood (the default before
-December 2026) 0.707, the raw likelihood 0.486, library size alone 0.374 (0.626 reversed).
-The floors, 0.98 and 0.95, fail a default that loses its enrichment, goes back to the
-per-count likelihood or follows depth, an expression space that loses the cell types, and a
-latent that stops separating a type the encoder never saw (the latent score varies with the
-seed: 0.90 was its floor without the enrichment; the expression score depends on the seed
-only through the validation split).
+Measured (``results/outliers_kang.json``, seed 0): expression score (the default: all cells
+thinned to a common depth, the space fitted on the training and all held-out cells, the
+distance times the scored cells' enrichment) 0.999 (0.999 before depth matching), its distance
+alone 0.972, in the training cells' space 0.954, latent 10-NN 0.997 (0.969 without enrichment);
+the per-count likelihood (the default before December 2026) 0.707, the raw likelihood 0.486,
+library size alone 0.374 (0.626 reversed). The floors, 0.98 and 0.95, fail a default that loses
+its enrichment, goes back to the per-count likelihood or follows depth, an expression space
+that loses the cell types, and a latent that stops separating a type the encoder never saw (the
+latent score varies with the seed: 0.90 was its floor without the enrichment; the expression
+score depends on the seed only through the validation split).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def left_out_aurocs(seed: int = 0) -> dict[str, float]:
 def test_default_outlier_score_kang_b_cells_guard():
     params = inspect.signature(genvi.model.PriorVI.score_outliers).parameters
     assert params["kind"].default == "expression" and params["space"].default == "joint"
-    assert params["enrichment"].default is True
+    assert params["enrichment"].default is True and params["match_depth"].default is True
     with one_torch_thread():
         got = left_out_aurocs(seed=0)
     for kind, floor in FLOORS.items():
@@ -79,6 +79,24 @@ def test_default_outlier_score_kang_b_cells_guard():
 
 
 JOINT_LEFT_OUT = "CD4 T cells"
+
+
+def _cd4_t_split_and_model():
+    """Kang split (seed 0), a one-epoch PriorVI without CD4 T cells, and the positives."""
+    import anndata as ad
+    import scvi
+
+    adata = ad.read_h5ad(kang_path())
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    train_idx, test_idx = stratified_split(labels, 0.2, seed=0)
+    train, test = adata[train_idx], adata[test_idx].copy()
+    sub = train[train.obs["cell_type"].astype(str) != JOINT_LEFT_OUT].copy()
+    scvi.settings.seed = 0
+    genvi.model.PriorVI.setup_anndata(sub)
+    model = genvi.model.PriorVI(sub)
+    model.train(max_epochs=1, batch_size=128, enable_progress_bar=False)
+    positive = test.obs["cell_type"].astype(str).to_numpy() == JOINT_LEFT_OUT
+    return test, model, positive
 
 
 @pytest.mark.skipif(
@@ -90,33 +108,63 @@ def test_enrichment_and_joint_space_find_unseen_kang_cd4_t_cells_guard():
 
     The expression score reads no trained weights, only which cells the model trained on (the
     validation split drawn from the seed), so one epoch gives the benchmark's values exactly
-    (``results/outliers_kang.json``: the default, joint space with enrichment, 0.982; the
-    joint distance alone 0.845; the training space alone 0.679). The floors fail an
-    enrichment or a joint space that stops following the scored cells; the ceiling, a training
-    space that changed without the benchmark being rerun.
+    (``results/outliers_kang.json``: the default, depth-matched, joint space with enrichment,
+    0.986; without depth matching 0.982; the joint distance alone 0.845; the training space
+    alone 0.679). The floors fail an enrichment or a joint space that stops following the
+    scored cells; the ceiling, a training space that changed without the benchmark being
+    rerun.
     """
-    import anndata as ad
-    import scvi
-
-    adata = ad.read_h5ad(kang_path())
-    labels = adata.obs["cell_type"].astype(str).to_numpy()
-    train_idx, test_idx = stratified_split(labels, 0.2, seed=0)
-    train, test = adata[train_idx], adata[test_idx].copy()
-    sub = train[train.obs["cell_type"].astype(str) != JOINT_LEFT_OUT].copy()
     with one_torch_thread():
-        scvi.settings.seed = 0
-        genvi.model.PriorVI.setup_anndata(sub)
-        model = genvi.model.PriorVI(sub)
-        model.train(max_epochs=1, batch_size=128, enable_progress_bar=False)
-        positive = test.obs["cell_type"].astype(str).to_numpy() == JOINT_LEFT_OUT
+        test, model, positive = _cd4_t_split_and_model()
         got = {
             name: roc_auc_score(positive, model.score_outliers(test, **kw))
             for name, kw in {
-                "enriched": {},
-                "joint": {"enrichment": False},
-                "training": {"space": "training", "enrichment": False},
+                "default": {},
+                "enriched": {"match_depth": False},
+                "joint": {"enrichment": False, "match_depth": False},
+                "training": {"space": "training", "enrichment": False, "match_depth": False},
             }.items()
         }
+    assert got["default"] > 0.975, got
     assert got["enriched"] > 0.97, got
     assert got["joint"] > 0.83, got
     assert got["training"] < 0.70, got
+
+
+@pytest.mark.skipif(
+    kang_path() is None,
+    reason=f"real-data guard: {FILENAME} not found in ../shared/data or GENVI_DATA_DIR",
+)
+def test_default_score_ignores_depth_on_kang_guard():
+    """Known held-out Kang cells thinned to a quarter of their counts, scored with the rest.
+
+    Half of the known held-out cells (CD4 T cells left out of training) are scored twice: as
+    they are and thinned (binomial, p = 1/4). Measured with the depth-matched default: thinned
+    copies vs their originals AUROC 0.570 (without depth matching 0.978: a shallower batch of
+    known cells looked new), the unseen CD4 T cells against all others 0.973 (0.770). The
+    ceiling fails a default that follows depth again; the floor, one that loses the unseen
+    type among shallow cells.
+    """
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    with one_torch_thread():
+        test, model, positive = _cd4_t_split_and_model()
+        rng = np.random.default_rng(0)
+        known = np.flatnonzero(~positive)
+        half = np.sort(rng.choice(known, len(known) // 2, replace=False))
+        thinned = test[half].copy()
+        X = sp.csr_matrix(thinned.X).astype(np.float64)
+        X.data = rng.binomial(X.data.astype(np.int64), 0.25).astype(np.float64)
+        X.eliminate_zeros()
+        thinned.X = X
+        thinned.obs_names = [f"{n}-thinned" for n in thinned.obs_names]
+        cells = ad.concat([test, thinned])
+        scores = model.score_outliers(cells)
+    is_thinned = np.r_[np.zeros(test.n_obs, bool), np.ones(len(half), bool)]
+    pair = np.r_[np.isin(np.arange(test.n_obs), half), np.ones(len(half), bool)]
+    depth = roc_auc_score(is_thinned[pair], scores[pair])
+    unseen = roc_auc_score(np.r_[positive, np.zeros(len(half), bool)], scores)
+    assert depth < 0.62, (depth, unseen)
+    assert unseen > 0.95, (depth, unseen)

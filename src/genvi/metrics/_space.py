@@ -13,6 +13,11 @@ from sklearn.decomposition import PCA
 
 from genvi._threads import keep_torch_threads
 
+#: loess spans tried in turn for scanpy's seurat_v3 gene selection (0.3: scanpy's default)
+HVG_SPANS = (0.3, 0.5, 1.0)
+#: what skmisc's loess says when its fit is singular
+_LOESS_FAILURES = ("singular", "reciprocal condition number")
+
 
 def _get_counts(adata: ad.AnnData, layer: str | None) -> np.ndarray | sp.spmatrix | sp.sparray:
     """Return the count matrix of ``adata`` (``X`` or ``layers[layer]``) without copying it."""
@@ -87,9 +92,21 @@ def _select_hvgs(
     x = sp.csr_matrix(counts) if sp.issparse(counts) else np.asarray(counts)
     tmp = ad.AnnData(X=x, var=pd.DataFrame(index=var_names.copy()))
     if _has_skmisc():
-        with keep_torch_threads():
-            sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes)
-        return tmp.var["highly_variable"].to_numpy(dtype=bool), "seurat_v3"
+        # seurat_v3's loess fit of log variance on log mean fails on very sparse data (many
+        # genes share the same mean and variance, e.g. cells of a few hundred counts over
+        # 14,000 genes): widen its span, scanpy's remedy, then fall back to "seurat" below
+        for span in HVG_SPANS:
+            try:
+                with keep_torch_threads():
+                    sc.pp.highly_variable_genes(
+                        tmp, flavor="seurat_v3", n_top_genes=n_top_genes, span=span
+                    )
+            except ValueError as err:  # skmisc's loess: "... near singularities ...", etc.
+                if not any(m in str(err) for m in _LOESS_FAILURES):
+                    raise
+                continue
+            flavor = "seurat_v3" if span == HVG_SPANS[0] else f"seurat_v3 (span {span})"
+            return tmp.var["highly_variable"].to_numpy(dtype=bool), flavor
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     # Kept sparse: the full cells x genes matrix may not fit in memory densely.
     tmp.X = _normalize_log1p(counts, totals, target_sum, dense=False)

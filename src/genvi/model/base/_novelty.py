@@ -28,6 +28,13 @@ SPACES = ("joint", "training")
 #: distances; chosen among 10, 30 and 50 by the pbmc3k rule of issue #15 (best mean with every
 #: type >= 0.90, also with the unseen type at 2 %) in a side run that also printed Kang
 ENRICHMENT_NEIGHBORS = 50
+#: ``match_depth``: counts of every cell deeper than this quantile of the new scored cells'
+#: total counts are thinned down to it; chosen among 0.05, 0.10 and 0.25 (and a quantile of
+#: training and scored cells pooled) by the pbmc3k rule of issue #15 in a model-free side run
+#: that also printed Kang (``benchmarks/README.md``)
+DEPTH_QUANTILE = 0.10
+#: seeds of the binomial thinning: training cells, new scored cells (fixed: scores reproduce)
+THINNING_SEEDS = (0, 1)
 
 
 class NoveltyMixin:
@@ -50,6 +57,7 @@ class NoveltyMixin:
         n_neighbors: int = DEFAULT_N_NEIGHBORS,
         space: str = DEFAULT_SPACE,
         enrichment: bool = True,
+        match_depth: bool = True,
     ) -> np.ndarray:
         """Per-cell outlier scores; higher means less like the cells the model trained on.
 
@@ -87,18 +95,26 @@ class NoveltyMixin:
         new type from a batch the training cells lack: such cells also sit among each other,
         so score cells of the training cells' batches (or correct the batch first).
 
+        ``match_depth=True`` (default, ``"expression"`` on count data): before the space is
+        fitted, every cell (training and scored) with more counts than the 10th percentile of
+        the new scored cells' total counts is binomially thinned down to it (fixed seeds, so
+        scores reproduce; a training cell scored again is thinned as its training copy). The
+        distances then compare cells of one depth: without it, cells sequenced more shallowly
+        than the training cells sit farther from them whatever their type, and a batch of
+        shallower known cells looks as new as an unseen type. It uses the scored cells'
+        depths, so it too makes scores relative to the cells scored together.
+
         Leaving one cell type out of training (``benchmarks/outliers.py``, unconditional
         PriorVI, AUROC of the unseen type's held-out cells against the other held-out cells,
-        all scored in one call) the default averaged 0.99 on pbmc3k (every type 0.97 or more)
-        and 0.92 on Kang 8 donors; without the enrichment 0.96 and 0.84, in the training space
-        0.94 and 0.80; the latent score 0.91 and 0.90 (0.88 and 0.76 without enrichment), the
-        per-count likelihood 0.53 and 0.54. Kang megakaryocytes (19 held-out cells, fewer than
-        the 50 neighbours) fell from 0.70 to 0.65 with the enrichment. With the unseen type cut
-        to 2 % of the scored cells the default kept 0.96 and 0.87 (distance alone 0.93 and
-        0.80). The distances still grow in cells sequenced more shallowly than the training
-        cells (known pbmc3k cells thinned to a quarter of their counts outscored the originals
-        with AUROC 0.86 expression, 0.78-0.83 latent): compare cells of similar depth, e.g.
-        with ``groups=`` of :func:`genvi.metrics.conformal_pvalues`.
+        all scored in one call) the default averaged 0.98 on pbmc3k (every type 0.96 or more)
+        and 0.90 on Kang 8 donors; without depth matching 0.99 and 0.92, without the
+        enrichment too 0.96 and 0.84, in the training space 0.94 and 0.80; the latent score
+        0.91 and 0.90, the per-count likelihood 0.53 and 0.54. Kang megakaryocytes (19
+        held-out cells, fewer than the 50 neighbours) reach only 0.56 (0.70 by the distance
+        alone). With half of the known held-out cells scored a second time at a quarter of
+        their counts, the thinned copies rank like their originals (AUROC 0.52 and 0.53; 0.95
+        and 0.99 without depth matching) and the unseen type is still found (0.93 and 0.86;
+        0.88 and 0.67 without). The latent score (``kind="knn"``) is not depth-matched.
 
         Other kinds: ``"per_count"`` (count VAEs, :class:`~genvi.model.LatentFlow`):
         ``-log p(x | c)`` (:meth:`get_log_likelihood`) divided by the cell's total count, which
@@ -130,6 +146,9 @@ class NoveltyMixin:
         enrichment
             Weight the ``"expression"`` and ``"knn"`` distances by the local share of scored
             cells (see above); unused by the other kinds.
+        match_depth
+            Thin all cells' counts to a common depth before the ``"expression"`` space (see
+            above); unused by the other kinds and for log-scale data.
 
         Returns
         -------
@@ -142,11 +161,19 @@ class NoveltyMixin:
             )
         if space not in SPACES:
             raise ValueError(f"space must be one of {list(SPACES)}, got {space!r}.")
-        if not isinstance(enrichment, bool | np.bool_):
-            raise TypeError(f"enrichment must be True or False, got {enrichment!r}.")
+        for name, value in (("enrichment", enrichment), ("match_depth", match_depth)):
+            if not isinstance(value, bool | np.bool_):
+                raise TypeError(f"{name} must be True or False, got {value!r}.")
         if kind in ("expression", "knn"):
             return self._knn_outlier_scores(
-                adata, indices, batch_size, n_neighbors, kind, space, bool(enrichment)
+                adata,
+                indices,
+                batch_size,
+                n_neighbors,
+                kind,
+                space,
+                bool(enrichment),
+                bool(match_depth),
             )
         return self._other_outlier_scores(kind, adata, indices, n_samples, batch_size)
 
@@ -169,6 +196,7 @@ class NoveltyMixin:
         kind: str,
         space: str = DEFAULT_SPACE,
         enrichment: bool = True,
+        match_depth: bool = True,
     ) -> np.ndarray:
         from sklearn.neighbors import NearestNeighbors
 
@@ -189,7 +217,7 @@ class NoveltyMixin:
         X = X if indices is None else X[np.asarray(indices)]
         train_pos = self._training_positions(adata, indices, X, reference)
         if kind == "expression":
-            query, ref = self._expression_coordinates(X, train_pos, reference, space)
+            query, ref = self._expression_coordinates(X, train_pos, reference, space, match_depth)
         else:  # the latent call validates the cells
             query = self.get_latent_representation(
                 adata, indices=indices, batch_size=batch_size
@@ -222,6 +250,7 @@ class NoveltyMixin:
         train_pos: np.ndarray,
         reference: np.ndarray,
         space: str = DEFAULT_SPACE,
+        match_depth: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Query and training cells in an expression space (see :meth:`score_outliers`).
 
@@ -230,9 +259,16 @@ class NoveltyMixin:
         cells, or loaded, fits them anew). A joint space is fitted per call, on the training
         cells and the scored cells that are not training cells; where there are none it is
         the training cells' space. Condition and attribute columns are not read: cells of
-        unknown labels are scored all the same.
+        unknown labels are scored all the same. With ``match_depth`` (count data) the cells are
+        thinned to a depth set by the scored cells first, and the space is fitted per call.
         """
         var_names = self.adata.var_names
+        if match_depth and self._counts_data():
+            train_X, X = _thin_to_common_depth(self._registered_data(None)[reference], X, train_pos)
+            new = np.flatnonzero(train_pos < 0)
+            rows = _stack_rows(train_X, X[new]) if space == "joint" and len(new) else train_X
+            fitted = self._fit_expression_space(rows)
+            return fitted.transform(X, var_names), fitted.transform(train_X, var_names)
         if space == "joint":
             new = np.flatnonzero(train_pos < 0)
             if len(new):  # the training space is neither needed nor cached here
@@ -249,9 +285,12 @@ class NoveltyMixin:
         _, fitted, ref = cache
         return fitted.transform(X, var_names), ref
 
+    def _counts_data(self) -> bool:
+        """Whether the registered data are counts (not the log-scale data of ``"normal"``)."""
+        return getattr(self.module, "gene_likelihood", None) != "normal"
+
     def _fit_expression_space(self, X: np.ndarray | sp.spmatrix) -> ExpressionSpace:
-        counts = getattr(self.module, "gene_likelihood", None) != "normal"
-        return ExpressionSpace(counts=counts).fit(X, self.adata.var_names)
+        return ExpressionSpace(counts=self._counts_data()).fit(X, self.adata.var_names)
 
     def _training_positions(
         self,
@@ -333,6 +372,46 @@ def _enrichment(
     keep[member, np.argmax(is_self[member], axis=1)] = False
     share = (nbr[keep].reshape(len(query), k) >= n_ref).mean(1)
     return (share + 1 / k) / (len(new) / len(pool) + 1 / k)
+
+
+def _thin_to_common_depth(
+    train_X: np.ndarray | sp.spmatrix,
+    X: np.ndarray | sp.spmatrix,
+    train_pos: np.ndarray,
+    quantile: float = DEPTH_QUANTILE,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Training cells ``train_X`` and scored cells ``X`` thinned to one depth (new matrices).
+
+    The depth is the ``quantile`` of the new scored cells' total counts (of all scored cells
+    where none is new); cells with more counts are binomially thinned to it in expectation,
+    shallower ones are kept. A scored training cell (``train_pos >= 0``) gets its training
+    copy's thinned counts, so it still finds itself among the training cells.
+    """
+    X = sp.csr_matrix(X, dtype=np.float64)
+    new = np.flatnonzero(train_pos < 0)
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    target = float(np.quantile(totals[new] if len(new) else totals, quantile))
+    train_thin = _thin(train_X, target, np.random.default_rng(THINNING_SEEDS[0]))
+    rows = np.full(X.shape[0], -1, dtype=np.int64)
+    rows[train_pos >= 0] = train_pos[train_pos >= 0]
+    # new cells after the training cells: row i of `both` is scored cell i
+    both = sp.vstack([train_thin, _thin(X[new], target, np.random.default_rng(THINNING_SEEDS[1]))])
+    rows[new] = train_thin.shape[0] + np.arange(len(new))
+    return train_thin, sp.csr_matrix(both[rows])
+
+
+def _thin(X: np.ndarray | sp.spmatrix, target: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """Each row with more than ``target`` total counts binomially thinned to it (a new matrix).
+
+    Counts are rounded to integers first (thinning needs whole molecules).
+    """
+    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    keep = np.minimum(1.0, target / np.maximum(totals, np.finfo(np.float64).tiny))
+    row_of = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    X.data = rng.binomial(np.rint(X.data).astype(np.int64), keep[row_of]).astype(np.float64)
+    X.eliminate_zeros()
+    return X
 
 
 def _stack_rows(
