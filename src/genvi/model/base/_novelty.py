@@ -75,9 +75,9 @@ class NoveltyMixin:
           therefore relative to the cells scored together: score the cells to be compared
           (query and calibration cells, for :func:`genvi.metrics.flag_outliers`) in one call.
           Scoring only training cells gives the ``"training"`` space exactly.
-        - ``"training"``: the training cells alone; fitted once per model and kept. With
-          ``enrichment=False`` a cell's score then does not depend on the other cells scored
-          with it.
+        - ``"training"``: the training cells alone (fitted once per model and kept when
+          ``match_depth=False``). With ``enrichment=False, match_depth=False`` a cell's score
+          then does not depend on the other cells scored with it.
 
         ``kind="knn"``: the same distance between latent posterior means (the model's
         ``get_latent_representation``) instead of expression.
