@@ -74,6 +74,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -357,21 +358,17 @@ def other_models(
             cells = sub.copy()
             DisentVI.setup_anndata(cells, categorical_attributes=[args.cell_type_key])
             model = DisentVI(cells)
-            fit = lambda m=model: m.train(  # noqa: E731
-                max_epochs=args.max_epochs, batch_size=BATCH_SIZE, enable_progress_bar=False
-            )
+            train_kw = {"max_epochs": args.max_epochs, "batch_size": BATCH_SIZE}
             scored = query.copy()
             # a user's new cells carry no label of the type the model never saw
             scored.obs[args.cell_type_key] = np.nan
         else:
             cls = LatentFlow if name == "latentflow" else LatentDiffusion
             model = cls.from_model(priorvi)
-            fit = lambda m=model: m.train(  # noqa: E731
-                max_epochs=args.prior_epochs, enable_progress_bar=False
-            )
+            train_kw = {"max_epochs": args.prior_epochs}
             scored = query
-        _, train_s = timed(fit)
-        scores, score_s = timed(lambda m=model, q=scored: model_scores(m, q, positive))
+        _, train_s = timed(partial(model.train, enable_progress_bar=False, **train_kw))
+        scores, score_s = timed(partial(model_scores, model, scored, positive))
         out[name] = {"auroc": scores, "train_seconds": train_s, "score_seconds": score_s}
         print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
     return out

@@ -50,6 +50,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def thin_counts(adata, p: float, rng: np.random.Generator):
+    """Binomial thinning of the counts: the same cells sequenced ``p`` times as deep (a copy)."""
+    from scipy import sparse
+
+    out = adata.copy()
+    X = sparse.csr_matrix(out.X)
+    X.data = rng.binomial(X.data.astype(np.int64), p).astype(np.float32)
+    X.eliminate_zeros()
+    out.X = X
+    return out
+
+
 def quiet_train(model, **kwargs):
     """Train without progress bars or Lightning's chatter."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

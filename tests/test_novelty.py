@@ -11,19 +11,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 import genvi
-from conftest import quiet_train
+from conftest import quiet_train, thin_counts
 from genvi.metrics import ReferenceSpace
 from genvi.model import DisentVI, LatentDiffusion, LatentFlow, PriorVI
-
-
-def _thin(adata: ad.AnnData, p: float, rng: np.random.Generator) -> ad.AnnData:
-    """Binomial thinning of the counts: the same cells sequenced ``p`` times as deep."""
-    out = adata.copy()
-    X = sparse.csr_matrix(out.X)
-    X.data = rng.binomial(X.data.astype(np.int64), p).astype(np.float32)
-    X.eliminate_zeros()
-    out.X = X
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +30,10 @@ def depth_split():
     seen = (sim.obs["cell_type"] != "type_3").to_numpy()
     perm = rng.permutation(np.flatnonzero(seen))
     n_train = int(0.8 * len(perm))
-    train = _thin(sim[np.sort(perm[:n_train])], 0.25, rng)
-    known = _thin(sim[np.sort(perm[n_train:])], 0.25, rng)
+    train = thin_counts(sim[np.sort(perm[:n_train])], 0.25, rng)
+    known = thin_counts(sim[np.sort(perm[n_train:])], 0.25, rng)
     novel = sim[~seen][:100]
-    regimes = {"deep": novel.copy(), "shallow": _thin(novel, 1 / 16, rng)}
+    regimes = {"deep": novel.copy(), "shallow": thin_counts(novel, 1 / 16, rng)}
     return train, known, regimes
 
 
@@ -380,7 +370,7 @@ def test_enrichment_finds_a_close_but_unseen_cluster():
 
 
 def test_thinning_to_a_common_depth():
-    """Cells deeper than the scored cells' first quartile are thinned to it, the rest kept."""
+    """Cells deeper than the new scored cells' DEPTH_QUANTILE are thinned to it, the rest kept."""
     from genvi.model.base._novelty import DEPTH_QUANTILE, _thin_to_common_depth
 
     rng = np.random.default_rng(0)
@@ -412,7 +402,7 @@ def test_match_depth_keeps_shallower_known_cells_typical(depth_split, unlabelled
     model, (_, known, regimes) = unlabelled_priorvi, depth_split
     rng = np.random.default_rng(5)
     half = np.sort(rng.permutation(known.n_obs)[: known.n_obs // 2])
-    thinned = _thin(known[half], 0.25, rng)
+    thinned = thin_counts(known[half], 0.25, rng)
     thinned.obs_names = [f"{n}-thinned" for n in thinned.obs_names]
     cells = ad.concat([known, thinned, regimes["deep"]])
     before = cells.copy()

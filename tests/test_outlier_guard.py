@@ -30,7 +30,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import genvi
-from conftest import one_torch_thread, real_data_path, stratified_split
+from conftest import one_torch_thread, real_data_path, stratified_split, thin_counts
 
 FILENAME = "kang_ctrl_8donors.h5ad"
 LEFT_OUT = "B cells"
@@ -147,18 +147,13 @@ def test_default_score_ignores_depth_on_kang_guard():
     """
     import anndata as ad
     import numpy as np
-    import scipy.sparse as sp
 
     with one_torch_thread():
         test, model, positive = _cd4_t_split_and_model()
         rng = np.random.default_rng(0)
         known = np.flatnonzero(~positive)
         half = np.sort(rng.choice(known, len(known) // 2, replace=False))
-        thinned = test[half].copy()
-        X = sp.csr_matrix(thinned.X).astype(np.float64)
-        X.data = rng.binomial(X.data.astype(np.int64), 0.25).astype(np.float64)
-        X.eliminate_zeros()
-        thinned.X = X
+        thinned = thin_counts(test[half], 0.25, rng)
         thinned.obs_names = [f"{n}-thinned" for n in thinned.obs_names]
         cells = ad.concat([test, thinned])
         scores = model.score_outliers(cells)

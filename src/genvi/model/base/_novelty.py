@@ -392,12 +392,11 @@ def _thin_to_common_depth(
     totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
     target = float(np.quantile(totals[new] if len(new) else totals, quantile))
     train_thin = _thin(train_X, target, np.random.default_rng(THINNING_SEEDS[0]))
-    rows = np.full(X.shape[0], -1, dtype=np.int64)
-    rows[train_pos >= 0] = train_pos[train_pos >= 0]
-    # new cells after the training cells: row i of `both` is scored cell i
-    both = sp.vstack([train_thin, _thin(X[new], target, np.random.default_rng(THINNING_SEEDS[1]))])
-    rows[new] = train_thin.shape[0] + np.arange(len(new))
-    return train_thin, sp.csr_matrix(both[rows])
+    seen = np.flatnonzero(train_pos >= 0)
+    new_thin = _thin(X[new], target, np.random.default_rng(THINNING_SEEDS[1]))
+    # the scored training cells' thinned copies, then the new cells; back to the scored order
+    stacked = sp.vstack([train_thin[train_pos[seen]], new_thin], format="csr")
+    return train_thin, sp.csr_matrix(stacked[np.argsort(np.r_[seen, new], kind="stable")])
 
 
 def _thin(X: np.ndarray | sp.spmatrix, target: float, rng: np.random.Generator) -> sp.csr_matrix:
