@@ -131,11 +131,7 @@ def conformal_bounds(conformal, draws: tuple, level: float) -> tuple[np.ndarray,
     The draws do not depend on the recalibration (same model, seed and sample count), so every
     halving and level reuses them; :func:`run_dataset` asserts equality with the public call.
     """
-    x, values, spread = draws
-    levels = conformal.levels(level)
-    group = conformal._depth_group(x.mean(0)) if conformal.by == "depth" else slice(None)
-    lo, hi = levels["lower"].to_numpy()[group], levels["upper"].to_numpy()[group]
-    table = conformal._summary(values, spread, lo, hi, "normalized")
+    table = conformal._interval_table(draws, conformal.levels(level), "normalized")
     return table["lower"].to_numpy(), table["upper"].to_numpy()
 
 

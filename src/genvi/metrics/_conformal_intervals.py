@@ -357,17 +357,28 @@ class ConformalIntervals:
         frames = {}
         for spec in specs:
             # each condition drawn as in the recalibration: its own seeded stream
-            x, values, spread = self._draws(spec, n_samples, seed, batch_size)
-            group = self._depth_group(x.mean(0)) if self.by == "depth" else slice(None)
-            lo = levels["lower"].to_numpy()[group]
-            hi = levels["upper"].to_numpy()[group]
+            draws = self._draws(spec, n_samples, seed, batch_size)
             label = self.model._schema.label(spec)
-            frames[label] = self._summary(values, spread, lo, hi, transform)
+            frames[label] = self._interval_table(draws, levels, transform)
         if len(frames) == 1:
             return next(iter(frames.values()))
         out = pd.concat(frames, names=["condition", "gene"])
         out.attrs.update(interval="conformal", randomized=self.randomize)
         return out
+
+    def _interval_table(
+        self, draws: tuple[np.ndarray, np.ndarray, np.ndarray], levels: pd.DataFrame, transform: str
+    ) -> pd.DataFrame:
+        """One condition's interval table from its draws and the recalibrated levels.
+
+        ``draws`` is :meth:`_draws`' ``(x, values, spread)``; ``benchmarks/intervals.py`` reuses
+        one condition's draws for many levels and recalibrations.
+        """
+        x, values, spread = draws
+        group = self._depth_group(x.mean(0)) if self.by == "depth" else slice(None)
+        lo = levels["lower"].to_numpy()[group]
+        hi = levels["upper"].to_numpy()[group]
+        return self._summary(values, spread, lo, hi, transform)
 
     def _summary(self, values, spread, lo, hi, transform: str) -> pd.DataFrame:
         """Per-gene mean, sd and the interval between the model's quantiles at ``lo``, ``hi``."""
