@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="slow, optional: run DisentVI, biolord, CPA, scGen, trVAE and the baselines side by "
         "side (comma list of disentvi,disentvi_own,disentvi_ridge,disentvi_decode,biolord,cpa,"
-        "scgen,trvae,"
+        "scgen,scgen_scarches,trvae,"
         "additive,identity; default all), "
         "each peer in its own environment (benchmarks/peers/setup_envs.sh); writes "
         "results/counterfactual_kang_peers.json, resuming what it already holds",

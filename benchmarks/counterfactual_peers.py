@@ -3,10 +3,11 @@
 For every seed and every cell type, the split of ``counterfactual.py`` (that type's stimulated
 cells held out, predicted from its control cells) is written as h5ad files; DisentVI (here, in
 genvi's environment), the identity and additive baselines, and each peer (biolord, CPA,
-scGen, trVAE; each in its own virtual environment from ``benchmarks/peers/setup_envs.sh``,
-called as a subprocess through ``benchmarks/peers/run_<peer>.py``) write their predictions as
-h5ad files, and every prediction is scored here with :func:`genvi.metrics.counterfactual_scores`
-and :func:`genvi.metrics.pearson_delta`. Each prediction is scored twice where the method has
+scGen, scGen's scArches port, trVAE; each in its own virtual environment from
+``benchmarks/peers/setup_envs.sh``, called as a subprocess through
+``benchmarks/peers/run_<peer>.py``) write their predictions as h5ad files, and every
+prediction is scored here with :func:`genvi.metrics.counterfactual_scores` and
+:func:`genvi.metrics.pearson_delta`. Each prediction is scored twice where the method has
 both: ``sampled`` (counts drawn from the model's likelihood, or one Gaussian draw in log space
 for biolord) and ``mean`` (the model's expected expression). Predictions stay in
 ``benchmarks/peers/.cache`` (gitignored) for ``benchmarks/peers/run_celleval.py``.
@@ -37,8 +38,11 @@ PEERS = {
     "biolord": "biolord",
     "cpa": "CPA",
     "scgen": "scGen",
+    "scgen_scarches": "scGen (scArches port)",
     "trvae": "trVAE (scArches)",
 }
+# environment of each peer where it is not the peer's own name (setup_envs.sh's "scarches")
+PEER_ENV = {"scgen_scarches": "scarches", "trvae": "scarches"}
 ALL_METHODS = {
     "disentvi": "DisentVI",
     "disentvi_own": "DisentVI, transfer_dispersion='own'",
@@ -76,7 +80,7 @@ def split_files(adata: ad.AnnData, ct: str) -> dict[str, Path]:
 
 def run_peer(peer: str, paths: dict[str, Path], out: Path, seed: int, cap: int | None) -> dict:
     """Run one peer's runner in its environment; ``{"ok": bool, "log": tail, ...}``."""
-    python = peer_env_dir() / peer / "bin" / "python"
+    python = peer_env_dir() / PEER_ENV.get(peer, peer) / "bin" / "python"
     if not python.is_file():
         return {"ok": False, "error": f"environment missing: {python} (run setup_envs.sh)"}
     cmd = [

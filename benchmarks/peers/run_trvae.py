@@ -58,7 +58,8 @@ def main() -> None:
         adata=train, condition_key=CONDITION, conditions=conditions, **MODEL_KWARGS
     )
     with Timer() as t:
-        model.train(**train_kwargs)
+        # the trainer reseeds torch with its own seed argument (default 2020)
+        model.train(**train_kwargs, seed=args.seed)
     epochs = getattr(model.trainer, "epoch", None)
 
     net = model.model
