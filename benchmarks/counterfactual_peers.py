@@ -44,6 +44,7 @@ PEERS = {
 # environment of each peer where it is not the peer's own name (setup_envs.sh's "scarches")
 PEER_ENV = {"scgen_scarches": "scarches", "trvae": "scarches"}
 ALL_METHODS = {
+    "disentvi_data": "DisentVI, transfer_space='data' (the default since December 3)",
     "disentvi": "DisentVI",
     "disentvi_own": "DisentVI, transfer_dispersion='own'",
     "disentvi_ridge": "DisentVI, transfer_method='ridge'",
@@ -161,6 +162,7 @@ def run_disentvi(
     unseen: str = "transfer",
     transfer_method: str = "simplex",
     transfer_dispersion: str = "sources",
+    transfer_space: str = "means",
 ) -> dict:
     """DisentVI on the split; sampled counts and ``return_mean=True`` from one model.
 
@@ -168,7 +170,10 @@ def run_disentvi(
     ``"transfer"`` (the default since December 2026) or ``"decode"`` (the decoder's own
     prediction, the only behaviour before); ``transfer_method``: how the source types are
     weighed, ``"simplex"`` (the default since 2 December 2026) or ``"ridge"``;
-    ``transfer_dispersion``: ``"sources"`` (the default since 2 December 2026) or ``"own"``.
+    ``transfer_dispersion``: ``"sources"`` (the default since 2 December 2026) or ``"own"``;
+    ``transfer_space``: ``"data"`` (the default since 3 December 2026, method ``disentvi_data``)
+    or ``"means"`` (the decoder's response, the default when the other ``disentvi*`` entries of
+    the JSON were run; kept so that a rerun reproduces them).
     """
     import scvi
 
@@ -195,6 +200,7 @@ def run_disentvi(
             unseen=unseen,
             transfer_method=transfer_method,
             transfer_dispersion=transfer_dispersion,
+            transfer_space=transfer_space,
         )
         xx = x.X
         layers[kind] = xx.toarray() if hasattr(xx, "toarray") else np.asarray(xx)
@@ -204,6 +210,7 @@ def run_disentvi(
         "unseen": unseen,
         "transfer_method": transfer_method,
         "transfer_dispersion": transfer_dispersion,
+        "transfer_space": transfer_space,
         "epochs": epochs,
         "train_s": seconds,
         "sampled": "counts drawn from the NB (predict_counterfactual, seed)",
@@ -272,8 +279,9 @@ def run_all(args, adata: ad.AnnData, cell_types: list[str]) -> dict[str, Any]:
                     unseen = "decode" if method == "disentvi_decode" else "transfer"
                     how = "ridge" if method == "disentvi_ridge" else "simplex"
                     disp = "own" if method == "disentvi_own" else "sources"
+                    space = "data" if method == "disentvi_data" else "means"
                     res = run_disentvi(
-                        paths, pred_path, seed, args.max_epochs, kw, unseen, how, disp
+                        paths, pred_path, seed, args.max_epochs, kw, unseen, how, disp, space
                     )
                 elif method in ("identity", "additive"):
                     res = run_baseline(method, paths, pred_path)
