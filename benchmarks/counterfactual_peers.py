@@ -294,8 +294,11 @@ def run_all(args, adata: ad.AnnData, cell_types: list[str]) -> dict[str, Any]:
                     res["space"] = space
                     res["info"] = info
                     res["scores"] = {k: score(ctrl, p, observed, space) for k, p in preds.items()}
+                # each entry records its own machine: the JSON mixes runs made on different
+                # machines, whose kernels move single scores by a few hundredths
+                res["machine"] = machine_info()
                 entry[method] = res
-                payload["machine"] = machine_info()
+                payload.setdefault("machine", res["machine"])
                 write_json(payload, out_path)
                 print(_progress(seed, ct, method, res))
                 sys.stdout.flush()
