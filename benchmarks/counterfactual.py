@@ -126,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         const="all",
         default=None,
         help="slow, optional: run DisentVI, biolord, CPA, scGen, trVAE and the baselines side by "
-        "side (comma list of disentvi_data,disentvi,disentvi_own,disentvi_ridge,disentvi_decode,"
+        "side (comma list of disentvi_fraction,disentvi_data,disentvi,disentvi_own,disentvi_ridge,"
+        "disentvi_decode,"
         "biolord,cpa,"
         "scgen,scgen_scarches,trvae,"
         "additive,identity; default all), "

@@ -44,7 +44,8 @@ PEERS = {
 # environment of each peer where it is not the peer's own name (setup_envs.sh's "scarches")
 PEER_ENV = {"scgen_scarches": "scarches", "trvae": "scarches"}
 ALL_METHODS = {
-    "disentvi_data": "DisentVI, transfer_space='data' (the default since December 3)",
+    "disentvi_fraction": "DisentVI, transfer_decrease='fraction' (the default since December 4)",
+    "disentvi_data": "DisentVI, transfer_space='data' (the default December 3-4)",
     "disentvi": "DisentVI",
     "disentvi_own": "DisentVI, transfer_dispersion='own'",
     "disentvi_ridge": "DisentVI, transfer_method='ridge'",
@@ -53,6 +54,24 @@ ALL_METHODS = {
     "additive": "Additive mean shift",
     "identity": "Identity (control cells)",
 }
+#: ``predict_counterfactual`` settings of each DisentVI entry, each the default when that
+#: entry was run, so a rerun reproduces it (unseen, transfer_method, transfer_dispersion,
+#: transfer_space, transfer_decrease)
+DISENTVI_SETTINGS = {
+    "disentvi_fraction": ("transfer", "simplex", "sources", "data", "fraction"),
+    "disentvi_data": ("transfer", "simplex", "sources", "data", "shift"),
+    "disentvi": ("transfer", "simplex", "sources", "means", "shift"),
+    "disentvi_own": ("transfer", "simplex", "own", "means", "shift"),
+    "disentvi_ridge": ("transfer", "ridge", "sources", "means", "shift"),
+    "disentvi_decode": ("decode", "simplex", "sources", "means", "shift"),
+}
+DISENTVI_ARGS = (
+    "unseen",
+    "transfer_method",
+    "transfer_dispersion",
+    "transfer_space",
+    "transfer_decrease",
+)
 DEFAULT_OUT = RESULTS_DIR / "counterfactual_kang_peers.json"
 CELL_TYPE, CONDITION = "cell_type", "condition"
 CONTROL, STIMULATED = "control", "stimulated"
@@ -153,27 +172,16 @@ def _write_counts(path: Path, ctrl: ad.AnnData, layers: dict[str, np.ndarray], i
     pred.write_h5ad(path)
 
 
-def run_disentvi(
-    paths,
-    out: Path,
-    seed: int,
-    epochs: int,
-    kwargs: dict,
-    unseen: str = "transfer",
-    transfer_method: str = "simplex",
-    transfer_dispersion: str = "sources",
-    transfer_space: str = "means",
-) -> dict:
+def run_disentvi(paths, out: Path, seed: int, epochs: int, kwargs: dict, method: str) -> dict:
     """DisentVI on the split; sampled counts and ``return_mean=True`` from one model.
 
-    ``unseen``: how ``predict_counterfactual`` predicts the held-out (type, stimulated) pair,
-    ``"transfer"`` (the default since December 2026) or ``"decode"`` (the decoder's own
-    prediction, the only behaviour before); ``transfer_method``: how the source types are
-    weighed, ``"simplex"`` (the default since 2 December 2026) or ``"ridge"``;
-    ``transfer_dispersion``: ``"sources"`` (the default since 2 December 2026) or ``"own"``;
-    ``transfer_space``: ``"data"`` (the default since 3 December 2026, method ``disentvi_data``)
-    or ``"means"`` (the decoder's response, the default when the other ``disentvi*`` entries of
-    the JSON were run; kept so that a rerun reproduces them).
+    ``method`` picks the ``predict_counterfactual`` settings (:data:`DISENTVI_SETTINGS`):
+    ``unseen`` ``"transfer"`` (the default since December 2026) or ``"decode"`` (the
+    decoder's own prediction, the only behaviour before); ``transfer_method`` ``"simplex"``
+    (the default since 2 December 2026) or ``"ridge"``; ``transfer_dispersion``
+    ``"sources"`` (the default since 2 December 2026) or ``"own"``; ``transfer_space``
+    ``"data"`` (the default since 3 December 2026) or ``"means"``; ``transfer_decrease``
+    ``"fraction"`` (the default since 4 December 2026) or ``"shift"``.
     """
     import scvi
 
@@ -190,27 +198,18 @@ def run_disentvi(
     start = time.perf_counter()
     model.train(max_epochs=epochs, batch_size=128, enable_progress_bar=False)
     seconds = time.perf_counter() - start
+    settings = dict(zip(DISENTVI_ARGS, DISENTVI_SETTINGS[method]))
     layers = {}
     for kind, mean in (("sampled", False), ("mean", True)):
         x = model.predict_counterfactual(
-            ctrl,
-            {CONDITION: STIMULATED},
-            return_mean=mean,
-            seed=seed,
-            unseen=unseen,
-            transfer_method=transfer_method,
-            transfer_dispersion=transfer_dispersion,
-            transfer_space=transfer_space,
+            ctrl, {CONDITION: STIMULATED}, return_mean=mean, seed=seed, **settings
         )
         xx = x.X
         layers[kind] = xx.toarray() if hasattr(xx, "toarray") else np.asarray(xx)
     info = {
         "method": "DisentVI",
         "model_kwargs": kwargs,
-        "unseen": unseen,
-        "transfer_method": transfer_method,
-        "transfer_dispersion": transfer_dispersion,
-        "transfer_space": transfer_space,
+        **settings,
         "epochs": epochs,
         "train_s": seconds,
         "sampled": "counts drawn from the NB (predict_counterfactual, seed)",
@@ -274,15 +273,9 @@ def run_all(args, adata: ad.AnnData, cell_types: list[str]) -> dict[str, Any]:
                     continue
                 pred_path = paths["train"].parent / f"{method}_seed{seed}.h5ad"
                 start = time.perf_counter()
-                if method.startswith("disentvi"):
+                if method in DISENTVI_SETTINGS:
                     kw = args.disentvi_kwargs
-                    unseen = "decode" if method == "disentvi_decode" else "transfer"
-                    how = "ridge" if method == "disentvi_ridge" else "simplex"
-                    disp = "own" if method == "disentvi_own" else "sources"
-                    space = "data" if method == "disentvi_data" else "means"
-                    res = run_disentvi(
-                        paths, pred_path, seed, args.max_epochs, kw, unseen, how, disp, space
-                    )
+                    res = run_disentvi(paths, pred_path, seed, args.max_epochs, kw, method)
                 elif method in ("identity", "additive"):
                     res = run_baseline(method, paths, pred_path)
                 else:

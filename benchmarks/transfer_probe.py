@@ -9,7 +9,9 @@ cells), added to each real control cell of the held-out type on the ``log1p`` sc
 additive baseline's construction) and scored against the real stimulated cells by
 :func:`genvi.metrics.counterfactual_scores` (top-20 DEG mean R², Pearson delta on the
 top-100 DEGs). Rows: the plain mean response (the additive baseline), kernel ridge (ridge
-by leave-one-type-out among the sources) and the simplex (synthetic control). No training:
+by leave-one-type-out among the sources), the simplex (synthetic control), and the simplex
+with each source's decreases taken as fractions of its own control level and applied to the
+held-out type's (``transfer_response(levels=..., target_level=...)``). No training:
 it isolates the weighting from the model, so it runs in seconds on every type of
 ``kang_ifnb_muscat_subset.h5ad`` (5 types) and ``kang_ifnb_harmony_2k.h5ad`` (8 types; every
 stimulated cell there has a transferred label, so all cells are scored).
@@ -50,7 +52,12 @@ from counterfactual import (  # noqa: E402
 
 FILES = ("kang_ifnb_muscat_subset.h5ad", "kang_ifnb_harmony_2k.h5ad")
 N_GENES = 2000
-METHODS = {"mean": "mean response", "ridge": "kernel ridge", "simplex": "simplex"}
+METHODS = {
+    "mean": "mean response",
+    "ridge": "kernel ridge",
+    "simplex": "simplex",
+    "fraction": "simplex, decreases as fractions",
+}
 
 
 def probe(adata) -> dict[str, dict[str, dict[str, float]]]:
@@ -77,6 +84,12 @@ def probe(adata) -> dict[str, dict[str, dict[str, float]]]:
         for method in ("ridge", "simplex"):
             fit = transfer_response(target, profiles, responses, method=method)
             shifts[method] = (fit.response, dict(zip(others, fit.weights.round(3).tolist())))
+        # the same simplex, each source's decrease taken as a fraction of its own level
+        levels = np.stack([ctrl_mean[t] for t in others])
+        fit = transfer_response(
+            target, profiles, responses, levels=levels, target_level=ctrl_mean[held]
+        )
+        shifts["fraction"] = (fit.response, dict(zip(others, fit.weights.round(3).tolist())))
         ctrl, observed = adata[(types_of == held) & ~stim], adata[(types_of == held) & stim]
         out[held] = {}
         for method, (shift, weights) in shifts.items():

@@ -16,6 +16,11 @@ different seed does. Measured values of the current model (B cells held out, top
 ==========================================  =======  ========  ===========================
 run                                         mean R²  var R²    source
 ==========================================  =======  ========  ===========================
+dev. machine D (Dec 4), seed 0, sampled     0.681    0.472     counterfactual_modes
+dev. machine D (Dec 4), seed 1, sampled     0.728    0.584     (``transfer_decrease=
+                                                               "fraction"``, the default)
+dev. machine D (Dec 4), seed 0, sampled     0.681    0.540     (``"shift"``, the default
+dev. machine D (Dec 4), seed 1, sampled     0.709    0.511     Dec 3-4)
 dev. machine C (Dec 3), seed 0, sampled     0.668    0.535     counterfactual_modes (the
 dev. machine C (Dec 3), seed 1, sampled     0.696    0.639     data's response, the default)
 dev. machine C (Dec 3), seed 0, sampled     0.703    0.584     (``transfer_space="means"``,

@@ -77,6 +77,37 @@ def test_ridge_transfer_with_few_sources_is_the_mean_response():
         transfer_response(np.zeros(5), profiles, responses[:1])
 
 
+def test_decreases_transfer_as_fractions_of_the_target_level():
+    """With levels, a source's decrease is the fraction of its own level it lost."""
+    profiles = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    target = np.array([0.5, 0.5, 0.0])  # halfway: the simplex weighs both sources 0.5
+    # gene 0 halves in both sources; gene 1 rises in one, halves in the other; gene 2 is
+    # lost entirely in both
+    responses = np.array([[-1.0, 0.6, -0.5], [-2.0, -0.5, -0.5]])
+    levels = np.array([[2.0, 1.0, 0.5], [4.0, 1.0, 0.5]])
+    target_level = np.array([1.0, 3.0, 0.2])
+    shift = transfer_response(target, profiles, responses)
+    fit = transfer_response(target, profiles, responses, levels=levels, target_level=target_level)
+    np.testing.assert_allclose(fit.weights, [0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(fit.weights, shift.weights)
+    # gene 0: half of the target's level (an absolute shift, -1.5, would fall below zero);
+    # gene 1: the gain 0.5 x 0.6 plus 0.5 x (-half) of the target's 3.0; gene 2: all of it
+    np.testing.assert_allclose(fit.response, [-0.5, 0.3 - 0.75, -0.2], atol=1e-6)
+    np.testing.assert_allclose(shift.response, [-1.5, 0.05, -0.5], atol=1e-6)
+    assert np.all(target_level + fit.response >= -1e-9)
+    # the ridge's mix is applied the same way (two sources: the mean response)
+    ridge = transfer_response(
+        target, profiles, responses, "ridge", levels=levels, target_level=target_level
+    )
+    np.testing.assert_allclose(ridge.response, fit.response, atol=1e-6)
+    with pytest.raises(ValueError, match="give both levels and target_level"):
+        transfer_response(target, profiles, responses, levels=levels)
+    with pytest.raises(ValueError, match="levels must have the responses' shape"):
+        transfer_response(
+            target, profiles, responses, levels=levels[:, :2], target_level=target_level
+        )
+
+
 def _families(
     seed: int = 0, n_per_group: int = 90, bursty: bool = False
 ) -> tuple[ad.AnnData, dict]:
@@ -279,17 +310,37 @@ def test_drawn_counts_move_by_the_data_response(family_model):
         ]
         drawn[space] = _mean_log(sparse.vstack(pred))
         err[space] = float(np.median(np.abs(drawn[space] - real)[genes]))
-    # the target the calibration aims at, from the data alone (simplex weights of the report)
+    # the target the calibration aims at, from the data alone (simplex weights of the
+    # report): the sources' gains, and their decreases as fractions of their own levels
+    # taken of the control cells' level (``transfer_decrease="fraction"``, the default)
     report = model.predict_counterfactual(ctrl, {"treatment": "treated"}, seed=0).uns["genvi"]
     rep = report["transfer"]["a0: control -> treated"]
-    assert rep["space"] == "data"
-    response = 0.0
+    assert rep["space"] == "data" and rep["decrease"] == "fraction"
+    gains, lost, shifted = 0.0, 0.0, 0.0
     for source, w in zip(rep["sources"], rep["weights"]):
         of = (train.obs["cell type"] == source).to_numpy()
         t = (train.obs["treatment"] == "treated").to_numpy()
-        response = response + w * (_mean_log(train.X[of & t]) - _mean_log(train.X[of & ~t]))
-    target = _mean_log(ctrl.X) + response
+        before = _mean_log(train.X[of & ~t])
+        change = _mean_log(train.X[of & t]) - before
+        gains = gains + w * np.maximum(change, 0.0)
+        lost = lost + w * np.where(change < 0, change / np.maximum(before, 1e-12), 0.0)
+        shifted = shifted + w * change
+    own = _mean_log(ctrl.X)
+    target = own + gains + np.clip(lost, -1.0, 0.0) * own
+    assert np.all(target >= 0)
     gap = {k: float(np.median(np.abs(v - target)[genes])) for k, v in drawn.items()}
+    # ``transfer_decrease="shift"`` aims at the additive construction instead
+    by_shift = [
+        model.predict_counterfactual(
+            ctrl, {"treatment": "treated"}, seed=s, transfer_decrease="shift"
+        ).X
+        for s in range(12)
+    ]
+    additive = np.maximum(own + shifted, 0.0)
+    falls = genes & (shifted < -0.1)
+    gap_shift = float(np.median(np.abs(_mean_log(sparse.vstack(by_shift)) - additive)[genes]))
+    assert gap_shift < 0.05, gap_shift
+    assert falls.sum() >= 5 and np.abs(target - additive)[falls].mean() > 0.05
     # observed: median |drawn - target| 0.029 (data) vs 0.075 (means); against the true
     # treated cells 0.072 vs 0.081 (the transfer's own error dominates there: the decoder is
     # well specified in this simulation, unlike on Kang)
@@ -297,6 +348,8 @@ def test_drawn_counts_move_by_the_data_response(family_model):
     assert err["data"] < 0.1 and err["data"] <= err["means"] + 0.01, err
     with pytest.raises(ValueError, match="transfer_space must be one of"):
         model.predict_counterfactual(ctrl, {"treatment": "treated"}, transfer_space="x")
+    with pytest.raises(ValueError, match="transfer_decrease must be one of"):
+        model.predict_counterfactual(ctrl, {"treatment": "treated"}, transfer_decrease="x")
 
 
 @pytest.mark.parametrize(

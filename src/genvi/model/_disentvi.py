@@ -16,6 +16,7 @@ from scvi.utils import setup_anndata_dsp
 
 from genvi._registry import document_options
 from genvi.model.base import (
+    TRANSFER_DECREASES,
     TRANSFER_DISPERSIONS,
     TRANSFER_METHODS,
     TRANSFER_SPACES,
@@ -399,6 +400,7 @@ class DisentVI(ResponseTransferMixin, CountModelBase):
         transfer_method: Literal["simplex", "ridge"] = "simplex",
         transfer_dispersion: Literal["sources", "own"] = "sources",
         transfer_space: Literal["data", "means"] = "data",
+        transfer_decrease: Literal["fraction", "shift"] = "fraction",
     ) -> AnnData:
         """Each cell as it would look with some attributes changed.
 
@@ -489,6 +491,15 @@ class DisentVI(ResponseTransferMixin, CountModelBase):
             monocytes -0.73 / -0.70 -> -0.25 / -0.15, FCGR3A+ 0.82 / 0.87 -> 0.96 / 0.95;
             B cells 0.70 / 0.73 -> 0.67 / 0.70), top-20 variance R² 0.57 -> 0.65, Pearson
             delta top-100 0.940 -> 0.950.
+        transfer_decrease
+            How the sources' decreases are carried over
+            (:func:`~genvi.model.base.transfer_response`, with each context's own mean
+            ``log1p`` level in ``transfer_space``).
+            ``"fraction"`` (default): a source's decrease of a gene is the fraction of its own
+            level it lost, and the target loses the same mix of fractions of its own level;
+            gains stay additive. ``"shift"``: decreases are absolute shifts like the gains
+            (the behaviour until December 4), so a gene the target expresses less than its
+            sources loses too much (clipped at zero) and one it expresses more too little.
 
         Returns
         -------
@@ -504,6 +515,10 @@ class DisentVI(ResponseTransferMixin, CountModelBase):
         if transfer_space not in TRANSFER_SPACES:
             raise ValueError(
                 f"transfer_space must be one of {TRANSFER_SPACES}, got {transfer_space!r}."
+            )
+        if transfer_decrease not in TRANSFER_DECREASES:
+            raise ValueError(
+                f"transfer_decrease must be one of {TRANSFER_DECREASES}, got {transfer_decrease!r}."
             )
         if transfer_dispersion not in TRANSFER_DISPERSIONS:
             raise ValueError(
@@ -522,6 +537,7 @@ class DisentVI(ResponseTransferMixin, CountModelBase):
             transfer_method=transfer_method,
             transfer_dispersion=transfer_dispersion,
             transfer_space=transfer_space,
+            transfer_decrease=transfer_decrease,
         )
 
     def _counterfactual_latent(

@@ -11,6 +11,7 @@ from ._likelihood import LikelihoodMixin
 from ._novelty import NoveltyMixin
 from ._reference import TrainingReferenceMixin
 from ._response_transfer import (
+    TRANSFER_DECREASES,
     TRANSFER_DISPERSIONS,
     TRANSFER_METHODS,
     TRANSFER_SPACES,
@@ -43,6 +44,7 @@ __all__ = [
     "NonFiniteLossError",
     "NoveltyMixin",
     "ResponseTransferMixin",
+    "TRANSFER_DECREASES",
     "TRANSFER_DISPERSIONS",
     "TRANSFER_SPACES",
     "TRANSFER_METHODS",
