@@ -55,23 +55,26 @@ ALL_METHODS = {
     "identity": "Identity (control cells)",
 }
 #: ``predict_counterfactual`` settings of each DisentVI entry, each the default when that
-#: entry was run, so a rerun reproduces it (unseen, transfer_method, transfer_dispersion,
-#: transfer_space, transfer_decrease)
-DISENTVI_SETTINGS = {
-    "disentvi_fraction": ("transfer", "simplex", "sources", "data", "fraction"),
-    "disentvi_data": ("transfer", "simplex", "sources", "data", "shift"),
-    "disentvi": ("transfer", "simplex", "sources", "means", "shift"),
-    "disentvi_own": ("transfer", "simplex", "own", "means", "shift"),
-    "disentvi_ridge": ("transfer", "ridge", "sources", "means", "shift"),
-    "disentvi_decode": ("decode", "simplex", "sources", "means", "shift"),
+#: entry was run, so a rerun reproduces it
+_DISENTVI_BASE = {
+    "unseen": "transfer",
+    "transfer_method": "simplex",
+    "transfer_dispersion": "sources",
+    "transfer_space": "means",
+    "transfer_decrease": "shift",
 }
-DISENTVI_ARGS = (
-    "unseen",
-    "transfer_method",
-    "transfer_dispersion",
-    "transfer_space",
-    "transfer_decrease",
-)
+DISENTVI_SETTINGS = {
+    "disentvi_fraction": {
+        **_DISENTVI_BASE,
+        "transfer_space": "data",
+        "transfer_decrease": "fraction",
+    },
+    "disentvi_data": {**_DISENTVI_BASE, "transfer_space": "data"},
+    "disentvi": _DISENTVI_BASE,
+    "disentvi_own": {**_DISENTVI_BASE, "transfer_dispersion": "own"},
+    "disentvi_ridge": {**_DISENTVI_BASE, "transfer_method": "ridge"},
+    "disentvi_decode": {**_DISENTVI_BASE, "unseen": "decode"},
+}
 DEFAULT_OUT = RESULTS_DIR / "counterfactual_kang_peers.json"
 CELL_TYPE, CONDITION = "cell_type", "condition"
 CONTROL, STIMULATED = "control", "stimulated"
@@ -198,7 +201,7 @@ def run_disentvi(paths, out: Path, seed: int, epochs: int, kwargs: dict, method:
     start = time.perf_counter()
     model.train(max_epochs=epochs, batch_size=128, enable_progress_bar=False)
     seconds = time.perf_counter() - start
-    settings = dict(zip(DISENTVI_ARGS, DISENTVI_SETTINGS[method]))
+    settings = DISENTVI_SETTINGS[method]
     layers = {}
     for kind, mean in (("sampled", False), ("mean", True)):
         x = model.predict_counterfactual(

@@ -337,10 +337,18 @@ def test_drawn_counts_move_by_the_data_response(family_model):
         for s in range(12)
     ]
     additive = np.maximum(own + shifted, 0.0)
+    drawn_shift = _mean_log(sparse.vstack(by_shift))
     falls = genes & (shifted < -0.1)
-    gap_shift = float(np.median(np.abs(_mean_log(sparse.vstack(by_shift)) - additive)[genes]))
+    gap_shift = float(np.median(np.abs(drawn_shift - additive)[genes]))
     assert gap_shift < 0.05, gap_shift
     assert falls.sum() >= 5 and np.abs(target - additive)[falls].mean() > 0.05
+
+    # where the sources' genes fall, each setting's draws sit at its own target, not the other's
+    def off(x, aim) -> float:
+        return float(np.abs(x - aim)[falls].mean())
+
+    assert off(drawn["data"], target) < off(drawn["data"], additive), falls.sum()
+    assert off(drawn_shift, additive) < off(drawn_shift, target), falls.sum()
     # observed: median |drawn - target| 0.029 (data) vs 0.075 (means); against the true
     # treated cells 0.072 vs 0.081 (the transfer's own error dominates there: the decoder is
     # well specified in this simulation, unlike on Kang)
