@@ -11,7 +11,14 @@ additive baseline's construction) and scored against the real stimulated cells b
 top-100 DEGs). Rows: the plain mean response (the additive baseline), kernel ridge (ridge
 by leave-one-type-out among the sources), the simplex (synthetic control), and the simplex
 with each source's decreases taken as fractions of its own control level and applied to the
-held-out type's (``transfer_response(levels=..., target_level=...)``). No training:
+held-out type's (``transfer_response(levels=..., target_level=...)``). Two more rows are
+ceilings, not methods: they choose the weights *with the held-out type's own response*
+(least squares on its top-20 DEGs, the genes of the top-20 scores, ranked by
+:func:`genvi.metrics.rank_degs` as the scores rank them): the best mix on the simplex
+(decreases as fractions, as above), and the best non-negative combination of any total size
+(a "cone", which can also scale the sources' responses up). No weighting of the other types'
+responses chosen from their profiles can beat the first; a method that only rescales and
+mixes them cannot beat the second. No training:
 it isolates the weighting from the model, so it runs in seconds on every type of
 ``kang_ifnb_muscat_subset.h5ad`` (5 types) and ``kang_ifnb_harmony_2k.h5ad`` (8 types; every
 stimulated cell there has a transferred label, so all cells are scored).
@@ -28,6 +35,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import nnls
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -57,13 +65,32 @@ METHODS = {
     "ridge": "kernel ridge",
     "simplex": "simplex",
     "fraction": "simplex, decreases as fractions",
+    "oracle_simplex": "ceiling: best simplex mix",
+    "oracle_cone": "ceiling: best non-negative combination",
 }
+#: DEGs of the held-out type on which the ceilings' weights are fitted
+ORACLE_GENES = 20
+
+
+def oracle_weights(responses: np.ndarray, observed: np.ndarray, simplex: bool) -> np.ndarray:
+    """Non-negative weights of the sources' responses nearest the observed response.
+
+    ``simplex=True`` adds the sum-to-one constraint as one heavily weighted row (as
+    :func:`genvi.model.base.transfer_response` does for the profiles).
+    """
+    if not simplex:
+        return nnls(responses.T, observed)[0]
+    heavy = 1e3 * max(float(np.abs(responses).max()), 1.0)
+    design = np.vstack([responses.T, np.full(len(responses), heavy)])
+    weights = nnls(design, np.append(observed, heavy))[0]
+    return weights / weights.sum()
 
 
 def probe(adata) -> dict[str, dict[str, dict[str, float]]]:
     """Scores of every held-out type and weighting, ``{type: {method: scores}}``."""
-    from genvi.metrics import counterfactual_scores
+    from genvi.metrics import counterfactual_scores, rank_degs
     from genvi.model.base import transfer_response
+    from genvi.model.base._response_transfer import _fractional_decreases
 
     x = _dense(adata.X)
     y = _log_norm(x)
@@ -91,6 +118,15 @@ def probe(adata) -> dict[str, dict[str, dict[str, float]]]:
         )
         shifts["fraction"] = (fit.response, dict(zip(others, fit.weights.round(3).tolist())))
         ctrl, observed = adata[(types_of == held) & ~stim], adata[(types_of == held) & stim]
+        # ceilings: weights fitted on the held-out type's own response (its top DEGs)
+        degs = rank_degs(ctrl, observed)["rank"].to_numpy()
+        top = np.argsort(degs)[:ORACLE_GENES]
+        truth = stim_mean[held][top] - ctrl_mean[held][top]
+        w = oracle_weights(responses[:, top], truth, simplex=True)
+        shift = _fractional_decreases(w, responses, levels, ctrl_mean[held])
+        shifts["oracle_simplex"] = (shift, dict(zip(others, w.round(3).tolist())))
+        w = oracle_weights(responses[:, top], truth, simplex=False)
+        shifts["oracle_cone"] = (w @ responses, dict(zip(others, w.round(3).tolist())))
         out[held] = {}
         for method, (shift, weights) in shifts.items():
             s = counterfactual_scores(ctrl, shifted_control(ctrl, shift), observed)
