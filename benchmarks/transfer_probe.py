@@ -75,15 +75,11 @@ ORACLE_GENES = 20
 def oracle_weights(responses: np.ndarray, observed: np.ndarray, simplex: bool) -> np.ndarray:
     """Non-negative weights of the sources' responses nearest the observed response.
 
-    ``simplex=True`` adds the sum-to-one constraint as one heavily weighted row (as
-    :func:`genvi.model.base.transfer_response` does for the profiles).
+    ``simplex=True``: also summing to one, by the solver the transfer uses for the profiles.
     """
-    if not simplex:
-        return nnls(responses.T, observed)[0]
-    heavy = 1e3 * max(float(np.abs(responses).max()), 1.0)
-    design = np.vstack([responses.T, np.full(len(responses), heavy)])
-    weights = nnls(design, np.append(observed, heavy))[0]
-    return weights / weights.sum()
+    from genvi.model.base._response_transfer import _simplex_weights
+
+    return _simplex_weights(observed, responses) if simplex else nnls(responses.T, observed)[0]
 
 
 def probe(adata) -> dict[str, dict[str, dict[str, float]]]:
