@@ -27,6 +27,12 @@ Run from the repository root (``--threads 1`` on the shared 2-core machine)::
     bash benchmarks/peers/setup_envs.sh              # once: the peers' own environments
     python benchmarks/counterfactual.py --peers --threads 1   # slow: peers side by side, 2 seeds
 
+    # the same peers on another file with cell_type / condition columns (one seed here);
+    # writes results/counterfactual_kang_ifnb_harmony_2k_peers.json, splits in
+    # benchmarks/peers/.cache/kang_ifnb_harmony_2k/
+    python benchmarks/counterfactual.py --file kang_ifnb_harmony_2k.h5ad \\
+        --peers trvae,scgen_scarches,cpa,additive,identity --seeds 0 --threads 1
+
     python benchmarks/counterfactual.py --quick     # smoke run, 20 epochs, 2 held-out types
     python benchmarks/counterfactual.py --threads 1  # full run, writes benchmarks/results/
 
@@ -134,6 +140,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "each peer in its own environment (benchmarks/peers/setup_envs.sh); writes "
         "results/counterfactual_kang_peers.json, resuming what it already holds",
     )
+    parser.add_argument(
+        "--file",
+        default=FILENAME,
+        help="data set file in --data-dir (any with 'cell_type' and 'condition' columns, e.g. "
+        "kang_ifnb_harmony_2k.h5ad); --peers writes results/counterfactual_<stem>_peers.json",
+    )
     parser.add_argument("--seeds", default="0,1", help="--peers: comma list of seeds (default 0,1)")
     parser.add_argument(
         "--peer-max-epochs",
@@ -173,7 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
     if args.out is None:
-        args.out = RESULTS_DIR / f"counterfactual_kang{'_quick' if args.quick else ''}.json"
+        stem = "kang" if args.file == FILENAME else Path(args.file).stem
+        args.out = RESULTS_DIR / f"counterfactual_{stem}{'_quick' if args.quick else ''}.json"
     return args
 
 
@@ -451,15 +464,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables and write the JSON."""
     args = parse_args(argv)
     if args.merge and args.peers is not None:
-        from counterfactual_peers import DEFAULT_OUT, merge_parts
+        from counterfactual_peers import default_out, merge_parts
 
-        return merge_parts(args.merge, args.out if args.out_given else DEFAULT_OUT)
+        return merge_parts(args.merge, args.out if args.out_given else default_out(args.file))
     if args.merge:
         return merge(args.merge, args.out)
     if args.peers is not None and args.tables:
-        from counterfactual_peers import DEFAULT_OUT, print_peer_tables
+        from counterfactual_peers import default_out, print_peer_tables
 
-        path = args.out if args.out_given else DEFAULT_OUT
+        path = args.out if args.out_given else default_out(args.file)
         if not path.is_file():
             raise SystemExit(f"{path} does not exist yet: run `counterfactual.py --peers` first.")
         payload = json.loads(path.read_text())
@@ -471,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.threads:
         set_threads(args.threads)
-    adata = load_dataset(args.data_dir, FILENAME)
+    adata = load_dataset(args.data_dir, args.file)
     adata.obs[CELL_TYPE] = adata.obs[CELL_TYPE].astype("category")
     adata.obs[CONDITION] = adata.obs[CONDITION].astype("category")
     cell_types = list(adata.obs[CELL_TYPE].cat.categories)
@@ -511,7 +524,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_tables(results, cell_types, args.methods)
     payload: dict[str, Any] = {
         "benchmark": "counterfactual_kang",
-        "dataset": FILENAME,
+        "dataset": args.file,
         "protocol": "BENCHMARKS.md Counterfactuals (Kang): stimulated cells of each type held out",
         "max_epochs": args.max_epochs,
         "disentvi_kwargs": args.disentvi_kwargs,

@@ -22,6 +22,12 @@ Run from the repository root::
 
     python benchmarks/counterfactual_modes.py --file kang_ifnb_harmony_2k.h5ad \\
         --cell-types "B cells,NK cells" --threads 1
+
+    # no training: the default (fraction) against the peers run on the same file
+    # (counterfactual.py --file kang_ifnb_harmony_2k.h5ad --peers ...)
+    python benchmarks/counterfactual_modes.py \\
+        --out benchmarks/results/counterfactual_modes_kang_ifnb_harmony_2k_fraction.json \\
+        --against-peers benchmarks/results/counterfactual_kang_ifnb_harmony_2k_peers.json
 """
 
 from __future__ import annotations
@@ -139,6 +145,69 @@ def print_tables(results: dict) -> None:
     print(markdown_table(header, rows))
 
 
+def _peer_scores(res: dict, kind: str) -> dict[str, float]:
+    s = res["scores"][kind]
+    return {
+        "top20_mean_r2": s["top20"]["mean_r2"],
+        "top20_var_r2": s["top20"]["var_r2"],
+        "pearson_delta_top100": s["pearson_delta_top100"],
+    }
+
+
+def against_peers(results: dict, peers: dict, mode: str = "fraction") -> dict:
+    """DisentVI's ``mode`` (sampled counts) against the best peer or baseline per type.
+
+    ``results``: one seed of this script's JSON; ``peers``: the same seed of
+    ``counterfactual.py --peers``' JSON on the same file (same split per type). The peers'
+    sampled and mean predictions both count; the identity baseline does not. Prints the table
+    and returns ``{type: {metric: {"disentvi": ..., "best": ..., "by": ...}}}``.
+    """
+    out: dict = {}
+    for ct, res in results.items():
+        if f"{mode}_sampled" not in res or ct not in peers:
+            continue
+        others = {
+            f"{m} ({kind})": _peer_scores(r, kind)
+            for m, r in peers[ct].items()
+            if r.get("ok") and m != "identity"
+            for kind in r["scores"]
+        }
+        out[ct] = {}
+        for metric in METRICS:
+            valid = {k: v[metric] for k, v in others.items() if v[metric] is not None}
+            by = max(valid, key=valid.get) if valid else None
+            out[ct][metric] = {
+                "disentvi": res[f"{mode}_sampled"][metric],
+                "disentvi_means": res[f"{mode}_mean"][metric],
+                "best": valid.get(by),
+                "by": by,
+            }
+    header = ["held out"]
+    for metric in METRICS:
+        header += [f"{metric}: DisentVI ({mode}, sampled)", "DisentVI means", "best peer"]
+    rows = []
+    for ct, per in out.items():
+        row = [ct]
+        for metric in METRICS:
+            v = per[metric]
+            best = "—" if v["by"] is None else f"{v['best']:.3f} ({v['by']})"
+            row += [v["disentvi"], v["disentvi_means"], best]
+        rows.append(row)
+    print(f"\nDisentVI ({mode}) against the peers' JSON (per type, same split):\n")
+    print(markdown_table(header, rows))
+    for metric in METRICS:
+        ahead = [
+            ct
+            for ct, per in out.items()
+            if per[metric]["best"] is not None and per[metric]["disentvi"] >= per[metric]["best"]
+        ]
+        print(
+            f"{metric}: DisentVI's draws at or above the best peer on {len(ahead)} of "
+            f"{len(out)} types ({', '.join(ahead)})"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, DEFAULT_EPOCHS)
@@ -148,10 +217,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)} (default all)"
     )
+    parser.add_argument(
+        "--against-peers",
+        type=Path,
+        default=None,
+        help="no training: compare --out's 'fraction' entries (seed --seed) with this JSON of "
+        "counterfactual.py --file <same file> --peers (same splits)",
+    )
     args = parser.parse_args(argv)
+    out = args.out or RESULTS_DIR / f"counterfactual_modes_{Path(args.file).stem}.json"
+    if args.against_peers is not None:
+        results = json.loads(out.read_text())["results"][str(args.seed)]
+        peers = json.loads(args.against_peers.read_text())["results"][str(args.seed)]
+        return against_peers(results, peers)
     set_threads(args.threads)
     quiet()
-    out = args.out or RESULTS_DIR / f"counterfactual_modes_{Path(args.file).stem}.json"
     adata = load_dataset(args.data_dir, args.file)
     for key in (CELL_TYPE, CONDITION):
         adata.obs[key] = adata.obs[key].astype("category")

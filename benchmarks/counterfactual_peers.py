@@ -33,7 +33,7 @@ import pandas as pd
 from _common import REPO_ROOT, RESULTS_DIR, machine_info, markdown_table, write_json
 
 PEERS_DIR = REPO_ROOT / "benchmarks" / "peers"
-CACHE = PEERS_DIR / ".cache" / "kang"
+CACHE = PEERS_DIR / ".cache" / "kang"  # the muscat subset's splits (run_celleval.py, hybrid.py)
 PEERS = {
     "biolord": "biolord",
     "cpa": "CPA",
@@ -75,9 +75,22 @@ DISENTVI_SETTINGS = {
     "disentvi_ridge": {**_DISENTVI_BASE, "transfer_method": "ridge"},
     "disentvi_decode": {**_DISENTVI_BASE, "unseen": "decode"},
 }
+DEFAULT_FILE = "kang_ifnb_muscat_subset.h5ad"
 DEFAULT_OUT = RESULTS_DIR / "counterfactual_kang_peers.json"
 CELL_TYPE, CONDITION = "cell_type", "condition"
 CONTROL, STIMULATED = "control", "stimulated"
+
+
+def cache_dir(filename: str) -> Path:
+    """Where the splits and predictions of ``filename`` go (``.cache/kang`` for the default)."""
+    return CACHE if filename == DEFAULT_FILE else PEERS_DIR / ".cache" / Path(filename).stem
+
+
+def default_out(filename: str) -> Path:
+    """The peers JSON of ``filename`` (``counterfactual_kang_peers.json`` for the default)."""
+    if filename == DEFAULT_FILE:
+        return DEFAULT_OUT
+    return RESULTS_DIR / f"counterfactual_{Path(filename).stem}_peers.json"
 
 
 def peer_env_dir() -> Path:
@@ -85,9 +98,9 @@ def peer_env_dir() -> Path:
     return Path(os.environ.get("GENVI_PEER_ENVS", PEERS_DIR / ".venvs"))
 
 
-def split_files(adata: ad.AnnData, ct: str) -> dict[str, Path]:
+def split_files(adata: ad.AnnData, ct: str, cache: Path = CACHE) -> dict[str, Path]:
     """Write (once) and return the train / control / observed h5ad files of one split."""
-    folder = CACHE / ct.replace(" ", "_").replace("+", "p")
+    folder = cache / ct.replace(" ", "_").replace("+", "p")
     paths = {name: folder / f"{name}.h5ad" for name in ("train", "ctrl", "observed")}
     if all(p.is_file() for p in paths.values()):
         return paths
@@ -243,13 +256,13 @@ def run_baseline(method: str, paths, out: Path) -> dict:
 
 def run_all(args, adata: ad.AnnData, cell_types: list[str]) -> dict[str, Any]:
     """The peers benchmark: every seed x type x method; JSON written after each model."""
-    out_path = args.out if args.out_given else DEFAULT_OUT
+    out_path = args.out if args.out_given else default_out(args.file)
     payload = json.loads(out_path.read_text()) if out_path.is_file() else {}
     payload.setdefault("results", {})
     payload.update(
         {
             "benchmark": "counterfactual_kang_peers",
-            "dataset": "kang_ifnb_muscat_subset.h5ad",
+            "dataset": args.file,
             "protocol": "BENCHMARKS.md Counterfactuals (Kang): each type's stimulated cells held "
             "out, predicted from its control cells; same split for every method",
             "disentvi_epochs": args.max_epochs,
@@ -266,7 +279,7 @@ def run_all(args, adata: ad.AnnData, cell_types: list[str]) -> dict[str, Any]:
     methods = args.peer_methods
     for seed in args.seeds:
         for ct in cell_types:
-            paths = split_files(adata, ct)
+            paths = split_files(adata, ct, cache_dir(args.file))
             ctrl, observed = ad.read_h5ad(paths["ctrl"]), ad.read_h5ad(paths["observed"])
             for method in methods:
                 if method in ("identity", "additive") and seed != args.seeds[0]:
@@ -358,6 +371,12 @@ def peer_rows(payload: dict, kind_pref: str) -> list[list[Any]]:
     return rows
 
 
+def _median(values: list) -> float:
+    """Median of the defined values: the JSON stores an undefined score (the identity's
+    Pearson delta, a constant prediction) as null."""
+    return float(np.nanmedian([np.nan if v is None else v for v in values]))
+
+
 def print_peer_tables(payload: dict) -> None:
     """Side-by-side tables: per type and seed, sampled and means; medians per method."""
     header = ["held out", "seed", "method", "from"]
@@ -387,9 +406,9 @@ def print_peer_tables(payload: dict) -> None:
                         ALL_METHODS[method],
                         kind,
                         len(vals),
-                        np.median([v["top20"]["mean_r2"] for v in vals]),
-                        np.median([v["top20"]["var_r2"] for v in vals]),
-                        np.median([v["pearson_delta_top100"] for v in vals]),
+                        _median([v["top20"]["mean_r2"] for v in vals]),
+                        _median([v["top20"]["var_r2"] for v in vals]),
+                        _median([v["pearson_delta_top100"] for v in vals]),
                     ]
                 )
     print(

@@ -61,9 +61,11 @@ numpyro==0.10.0 pyro-ppl==1.8.1 protobuf==3.20.1 numba==0.56.4 llvmlite==0.39.1 
 umap-learn==0.5.3 pynndescent==0.5.7 seaborn==0.11.2 adjustText==0.7.3"
 fi
 # trVAE and scGen's port from scArches 0.6.1 (Python 3.11, scvi-tools 1.4). scArches 0.6.1
-# imports anndata.read (gone in anndata 0.12), and anndata 0.11 refuses zarr 3.
+# imports anndata.read (gone in anndata 0.12), and anndata 0.11 refuses zarr 3. numpy < 2:
+# its requirements resolve pandas 1.5.3 (December 2026), whose wheels fail to import under
+# numpy 2 ("numpy.dtype size changed").
 if want scarches; then
-  make_env scarches "$PY311" "torch==2.13.0" "scarches==0.6.1 scvi-tools==1.4.2 anndata<0.12 zarr<3"
+  make_env scarches "$PY311" "torch==2.13.0" "scarches==0.6.1 scvi-tools==1.4.2 anndata<0.12 zarr<3 numpy<2"
 fi
 # CFGen (theislab/CFGen, not on PyPI) for benchmarks/generation.py --peers cfgen: its source at
 # the commit below, cloned from GitHub or copied from a local checkout given as $CFGEN_SRC, and
