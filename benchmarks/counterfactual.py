@@ -70,6 +70,14 @@ from _common import (  # noqa: E402
 )
 
 FILENAME = "kang_ifnb_muscat_subset.h5ad"
+
+
+def file_stem(filename: str) -> str:
+    """Name of a data set's results and caches: ``kang`` for the default file (its results
+    predate ``--file``), else the file's stem."""
+    return "kang" if filename == FILENAME else Path(filename).stem
+
+
 CELL_TYPE, CONDITION = "cell_type", "condition"
 CONTROL, STIMULATED = "control", "stimulated"
 BATCH_SIZE = 128
@@ -185,8 +193,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
     if args.out is None:
-        stem = "kang" if args.file == FILENAME else Path(args.file).stem
-        args.out = RESULTS_DIR / f"counterfactual_{stem}{'_quick' if args.quick else ''}.json"
+        quick = "_quick" if args.quick else ""
+        args.out = RESULTS_DIR / f"counterfactual_{file_stem(args.file)}{quick}.json"
     return args
 
 

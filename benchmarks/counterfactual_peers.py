@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from _common import REPO_ROOT, RESULTS_DIR, machine_info, markdown_table, write_json
+from counterfactual import file_stem
 
 PEERS_DIR = REPO_ROOT / "benchmarks" / "peers"
 CACHE = PEERS_DIR / ".cache" / "kang"  # the muscat subset's splits (run_celleval.py, hybrid.py)
@@ -75,22 +76,19 @@ DISENTVI_SETTINGS = {
     "disentvi_ridge": {**_DISENTVI_BASE, "transfer_method": "ridge"},
     "disentvi_decode": {**_DISENTVI_BASE, "unseen": "decode"},
 }
-DEFAULT_FILE = "kang_ifnb_muscat_subset.h5ad"
 DEFAULT_OUT = RESULTS_DIR / "counterfactual_kang_peers.json"
 CELL_TYPE, CONDITION = "cell_type", "condition"
 CONTROL, STIMULATED = "control", "stimulated"
 
 
 def cache_dir(filename: str) -> Path:
-    """Where the splits and predictions of ``filename`` go (``.cache/kang`` for the default)."""
-    return CACHE if filename == DEFAULT_FILE else PEERS_DIR / ".cache" / Path(filename).stem
+    """Where the splits and predictions of ``filename`` go (:data:`CACHE` for the default)."""
+    return PEERS_DIR / ".cache" / file_stem(filename)
 
 
 def default_out(filename: str) -> Path:
-    """The peers JSON of ``filename`` (``counterfactual_kang_peers.json`` for the default)."""
-    if filename == DEFAULT_FILE:
-        return DEFAULT_OUT
-    return RESULTS_DIR / f"counterfactual_{Path(filename).stem}_peers.json"
+    """The peers JSON of ``filename`` (:data:`DEFAULT_OUT` for the default)."""
+    return RESULTS_DIR / f"counterfactual_{file_stem(filename)}_peers.json"
 
 
 def peer_env_dir() -> Path:
