@@ -27,6 +27,7 @@ from ._training import (
     default_kl_warmup,
 )
 from ._training_mixin import KLWarmupTrainingMixin
+from ._weight_average import WeightEMA
 
 __all__ = [
     "ConditionSchema",
@@ -49,6 +50,7 @@ __all__ = [
     "TRANSFER_SPACES",
     "TRANSFER_METHODS",
     "TrainingReferenceMixin",
+    "WeightEMA",
     "as_key_list",
     "default_kl_warmup",
     "setup_condition_fields",

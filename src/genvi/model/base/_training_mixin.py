@@ -6,6 +6,7 @@ from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from genvi.model.base._training import default_kl_warmup
+from genvi.model.base._weight_average import WeightEMA
 
 
 class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
@@ -15,6 +16,9 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
     #: :class:`~genvi.model.base.GenviTrainingPlan`); a model raises it where it was measured
     #: to help (PriorVI), the others keep scvi-tools' single learning rate.
     _dispersion_lr_factor: float = 1.0
+    #: Default decay of the weights' exponential moving average (:class:`WeightEMA`); None
+    #: trains without one, as scvi-tools does. A model sets it where it was measured to help.
+    _ema_decay: float | None = None
 
     def train(
         self,
@@ -22,6 +26,7 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
         n_epochs_kl_warmup: int | None = None,
         batch_size: int = 128,
         plan_kwargs: dict | None = None,
+        ema_decay: float | None | str = "default",
         **kwargs,
     ):
         """Train with scvi-tools' Lightning trainer.
@@ -42,12 +47,28 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
             :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``...).
             ``dispersion_lr_factor`` multiplies the learning rate of the per-gene dispersion
             (default: the model's, e.g. 10 for PriorVI; 1 = scvi-tools' behaviour).
+        ema_decay
+            Keep an exponential moving average of the weights, updated after every optimizer
+            step with this decay (about the last ``1 / (1 - ema_decay)`` steps), and end
+            training with the average as the model's weights (:class:`WeightEMA`, Lightning's
+            ``WeightAveraging``); validation during training uses the average too. ``None``:
+            the last step's weights, as in scvi-tools. ``"default"``: the model's own
+            default (``None`` unless the model's documentation says otherwise).
         **kwargs
             Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's
             ``Trainer`` (``accelerator``, ``devices``, ``strategy``, ``early_stopping``...).
         """
         if max_epochs is None:
             max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
+        if isinstance(ema_decay, str):
+            if ema_decay != "default":
+                raise ValueError(
+                    f"ema_decay must be a number in (0, 1), None or 'default', got {ema_decay!r}."
+                )
+            ema_decay = self._ema_decay
+        if ema_decay is not None:
+            # first, so that the user's callbacks see the averaged weights at the end of training
+            kwargs["callbacks"] = [WeightEMA(ema_decay), *(kwargs.get("callbacks") or [])]
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("dispersion_lr_factor", self._dispersion_lr_factor)
         if "n_steps_kl_warmup" not in plan_kwargs:

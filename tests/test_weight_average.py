@@ -1,0 +1,72 @@
+"""``train(ema_decay=...)``: the trained model is the moving average of its steps' weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scvi
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from conftest import quiet_train
+from genvi.model import DisentVI, PriorVI
+from genvi.model.base import WeightEMA
+
+
+class _RecordWeights(Callback):
+    """Each optimizer step's weights of a few tensors, as the average sees them."""
+
+    def __init__(self, names):
+        self.names, self.steps = names, []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        state = pl_module.module.state_dict()
+        self.steps.append({n: state[n].detach().clone() for n in self.names})
+
+
+def _ema(steps: list[torch.Tensor], decay: float) -> torch.Tensor:
+    """The ramped EMA of WeightEMA, computed independently of AveragedModel."""
+    avg = steps[0].clone()
+    for n, w in enumerate(steps[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        avg = avg * d + w * (1 - d)
+    return avg
+
+
+@pytest.mark.parametrize("epochs", [2, 40])  # during the decay's ramp, and after it
+def test_trained_weights_are_the_ema_of_the_steps(tiny, epochs):
+    adata = tiny.copy()
+    PriorVI.setup_anndata(adata, condition_keys=["cell_type", "treatment"])
+    scvi.settings.seed = 0
+    model = PriorVI(adata)
+    names = ["px_r", next(n for n in model.module.state_dict() if n.endswith("running_mean"))]
+    rec = _RecordWeights(names)
+    quiet_train(model, max_epochs=epochs, batch_size=32, ema_decay=0.9, callbacks=[rec])
+    assert len(rec.steps) == epochs * 6  # 180 training cells in batches of 32
+    state = model.module.state_dict()
+    for name in names:  # a parameter and a BatchNorm buffer
+        expected = _ema([s[name] for s in rec.steps], 0.9)
+        torch.testing.assert_close(state[name], expected, rtol=1e-5, atol=1e-6)
+        # and it is not simply the last step's weights
+        assert not torch.allclose(state[name], rec.steps[-1][name], atol=1e-4), name
+
+
+def test_ema_default_per_model_and_bad_values(tiny):
+    assert PriorVI._ema_decay == 0.99  # measured on pbmc3k and Kang (issue #20)
+    assert DisentVI._ema_decay is None  # not measured: scvi-tools' last weights
+    adata = tiny.copy()
+    PriorVI.setup_anndata(adata, condition_keys=["cell_type"])
+    scvi.settings.seed = 0
+    weights = {}
+    for ema in ("default", 0.99, None):
+        scvi.settings.seed = 0
+        model = PriorVI(adata)
+        quiet_train(model, max_epochs=3, ema_decay=ema)
+        weights[ema] = model.module.px_r.detach().numpy().copy()
+    np.testing.assert_array_equal(weights["default"], weights[0.99])
+    assert not np.allclose(weights[None], weights[0.99])
+    for bad in (1.0, 0.0, -0.5, "yes"):
+        with pytest.raises(ValueError, match="ema_decay"):
+            quiet_train(PriorVI(adata), max_epochs=1, ema_decay=bad)
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightEMA(2.0)
