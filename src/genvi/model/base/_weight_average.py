@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 
 
 class RampedEMA:
-    """``AveragedModel`` update: an EMA whose decay ramps up to ``decay``.
+    """``AveragedModel`` update (``multi_avg_fn``): an EMA whose decay ramps up to ``decay``.
 
     After ``n`` updates the decay is ``min(decay, (1 + n) / (10 + n))``, so a short run is
     not dominated by its initial, untrained weights (a fixed 0.99 would keep 55 % of them
@@ -18,13 +18,19 @@ class RampedEMA:
     def __init__(self, decay: float) -> None:
         self.decay = float(decay)
 
+    @torch.no_grad()
     def __call__(
-        self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor
-    ) -> torch.Tensor:
-        # tensor arithmetic on the weights' device: no host sync per parameter and step
-        n = num_averaged.to(averaged.dtype)
-        d = torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)
-        return averaged * d + current * (1.0 - d)
+        self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged
+    ) -> None:
+        # one fused update per device and dtype (as torch's get_ema_multi_avg_fn), not a
+        # handful of kernels per tensor: this runs after every optimizer step
+        n = float(num_averaged)
+        d = min(self.decay, (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # integer buffers (BatchNorm's num_batches_tracked)
+            for avg, cur in zip(averaged, current, strict=True):
+                avg.copy_(avg * d + cur * (1.0 - d))
 
 
 class WeightEMA(WeightAveraging):
@@ -47,5 +53,4 @@ class WeightEMA(WeightAveraging):
                 f"ema_decay must lie strictly between 0 and 1 (e.g. 0.99), got {decay!r}; "
                 "pass ema_decay=None to train without averaging."
             )
-        super().__init__(avg_fn=RampedEMA(decay))
-        self.decay = float(decay)
+        super().__init__(multi_avg_fn=RampedEMA(decay))
