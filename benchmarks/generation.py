@@ -123,6 +123,23 @@ FLOOR_NAMES = {
 }
 
 
+def _parse_ema_decay(value: str, parser: argparse.ArgumentParser) -> float | None:
+    """``--ema-decay``: 'default' resolves to PriorVI's default, so the JSON records a number."""
+    from genvi.model import PriorVI
+
+    if value.lower() == "default":
+        return PriorVI._ema_decay
+    if value.lower() == "none":
+        return None
+    try:
+        decay = float(value)
+    except ValueError:
+        decay = -1.0
+    if not 0.0 < decay < 1.0:
+        parser.error(f"--ema-decay must be a number in (0, 1), 'none' or 'default', got {value!r}")
+    return decay
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -169,6 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dispersion of every PriorVI row (default: PriorVI's own default, gene)",
     )
     parser.add_argument(
+        "--ema-decay",
+        default="default",
+        help="PriorVI.train(ema_decay=...) of every PriorVI row: a number in (0, 1), 'none' "
+        "for the last step's weights, or 'default' (PriorVI's own default, recorded in the JSON)",
+    )
+    parser.add_argument(
         "--scvi-likelihood",
         default="nb",
         choices=["nb", "zinb", "poisson"],
@@ -193,6 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown peer(s) {unknown_peers}; choose from {sorted(PEER_METHODS)}")
     if args.quick:
         args.max_epochs = min(args.max_epochs, QUICK_EPOCHS)
+    args.ema_decay = _parse_ema_decay(args.ema_decay, parser)
     args.priors = [p.strip() for p in args.priors.split(",") if p.strip()]
     unknown = sorted({p.split(":")[0] for p in args.priors} - set(PRIOR_NAMES))
     bad = [
@@ -237,9 +261,17 @@ def condition_labels(obs: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 # ---------------------------------------------------------------------------- generators
 def train_priorvi(
-    train: ad.AnnData, keys: list[str], max_epochs: int, seed: int, **model_kwargs: Any
+    train: ad.AnnData,
+    keys: list[str],
+    max_epochs: int,
+    seed: int,
+    ema_decay: float | None | str = "default",
+    **model_kwargs: Any,
 ) -> tuple[Any, float]:
-    """Fit PriorVI on a copy of ``train``; return the model and the training seconds."""
+    """Fit PriorVI on a copy of ``train``; return the model and the training seconds.
+
+    ``ema_decay`` goes to ``PriorVI.train`` (``"default"``: PriorVI's own default).
+    """
     import scvi
 
     from genvi.model import PriorVI
@@ -249,7 +281,12 @@ def train_priorvi(
     PriorVI.setup_anndata(adata, condition_keys=keys)
     model = PriorVI(adata, **model_kwargs)
     _, seconds = timed(
-        lambda: model.train(max_epochs=max_epochs, batch_size=BATCH_SIZE, enable_progress_bar=False)
+        lambda: model.train(
+            max_epochs=max_epochs,
+            batch_size=BATCH_SIZE,
+            enable_progress_bar=False,
+            ema_decay=ema_decay,
+        )
     )
     return model, seconds
 
@@ -479,7 +516,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key, kwargs in priorvi_kwargs.items():
         print(f"training {METHODS[key]} for {args.max_epochs} epochs...", flush=True)
         load = os.getloadavg()[0]
-        model, seconds = train_priorvi(train, keys, args.max_epochs, args.seed, **kwargs)
+        model, seconds = train_priorvi(
+            train, keys, args.max_epochs, args.seed, ema_decay=args.ema_decay, **kwargs
+        )
         decode_conditions[key] = bool(model.module.decode_conditions)
         n_latent[key] = int(model.module.n_latent)
         likelihood[key] = str(model.module.gene_likelihood)
@@ -594,6 +633,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "n_latent": n_latent[key],
                     "gene_likelihood": likelihood[key],
                     "dispersion": dispersion[key],
+                    "ema_decay": args.ema_decay,
                 }
                 for key, kwargs in priorvi_kwargs.items()
             },

@@ -70,3 +70,23 @@ def test_ema_default_per_model_and_bad_values(tiny):
             quiet_train(PriorVI(adata), max_epochs=1, ema_decay=bad)
     with pytest.raises(ValueError, match="ema_decay"):
         WeightEMA(2.0)
+
+
+def test_integer_buffers_take_the_current_values(tiny):
+    """A flow prior's permutations and BatchNorm's step counters are not averaged.
+
+    Averaging an integer buffer and casting back truncates (9 * 0.99 + 9 * 0.01 -> 8): that
+    scrambled the flow prior's permutations, and its generated cells, in CI.
+    """
+    adata = tiny.copy()
+    PriorVI.setup_anndata(adata, condition_keys=["cell_type", "treatment"])
+    scvi.settings.seed = 0
+    model = PriorVI(adata, prior="flow", n_latent=10)
+    before = {n: b.clone() for n, b in model.module.state_dict().items() if "perm_" in n}
+    assert before and all(sorted(b.tolist()) == list(range(10)) for b in before.values())
+    quiet_train(model, max_epochs=20, batch_size=32, ema_decay=0.99)
+    state = model.module.state_dict()
+    for name, perm in before.items():
+        torch.testing.assert_close(state[name], perm, rtol=0, atol=0)
+    counters = [v for n, v in state.items() if n.endswith("num_batches_tracked")]
+    assert counters and all(int(c) == 20 * 6 for c in counters)  # 180 cells, batches of 32

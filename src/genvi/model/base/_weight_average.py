@@ -26,11 +26,15 @@ class RampedEMA:
         # handful of kernels per tensor: this runs after every optimizer step
         n = float(num_averaged)
         d = min(self.decay, (1.0 + n) / (10.0 + n))
-        if torch.is_floating_point(averaged[0]):
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1.0 - d)
-        else:  # integer buffers (BatchNorm's num_batches_tracked)
-            for avg, cur in zip(averaged, current, strict=True):
-                avg.copy_(avg * d + cur * (1.0 - d))
+        else:
+            # Integer and boolean buffers are counters and indices (BatchNorm's
+            # num_batches_tracked, a flow's permutations), not weights: they take the current
+            # values. Averaging them and casting back truncates (9 * 0.99 + 9 * 0.01 -> 8),
+            # which scrambled the flow prior's permutations (torch's get_ema_multi_avg_fn
+            # does that cast).
+            torch._foreach_copy_(averaged, current)
 
 
 class WeightEMA(WeightAveraging):
