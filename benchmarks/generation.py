@@ -123,12 +123,10 @@ FLOOR_NAMES = {
 }
 
 
-def _parse_ema_decay(value: str, parser: argparse.ArgumentParser) -> float | None:
-    """``--ema-decay``: 'default' resolves to PriorVI's default, so the JSON records a number."""
-    from genvi.model import PriorVI
-
+def _parse_ema_decay(value: str, parser: argparse.ArgumentParser) -> float | str | None:
+    """``--ema-decay``: a number, None or 'default' (the JSON records what each row used)."""
     if value.lower() == "default":
-        return PriorVI._ema_decay
+        return "default"
     if value.lower() == "none":
         return None
     try:
@@ -189,7 +187,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ema-decay",
         default="default",
         help="PriorVI.train(ema_decay=...) of every PriorVI row: a number in (0, 1), 'none' "
-        "for the last step's weights, or 'default' (PriorVI's own default, recorded in the JSON)",
+        "for the last step's weights, or 'default' (PriorVI's own; the JSON records what each "
+        "row used)",
     )
     parser.add_argument(
         "--scvi-likelihood",
@@ -512,7 +511,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if getattr(args, option) is not None:
             for kwargs in priorvi_kwargs.values():
                 kwargs[option] = getattr(args, option)
-    decode_conditions, n_latent, likelihood, dispersion = {}, {}, {}, {}
+    decode_conditions, n_latent, likelihood, dispersion, ema = {}, {}, {}, {}, {}
     for key, kwargs in priorvi_kwargs.items():
         print(f"training {METHODS[key]} for {args.max_epochs} epochs...", flush=True)
         load = os.getloadavg()[0]
@@ -523,6 +522,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n_latent[key] = int(model.module.n_latent)
         likelihood[key] = str(model.module.gene_likelihood)
         dispersion[key] = str(model.module.dispersion)
+        ema[key] = model._train_ema_decay
         timings[key] = _timing(args.max_epochs, seconds, load)
         print(f"  {seconds / args.max_epochs:.2f} s / epoch", flush=True)
         synthetic[key] = generate_priorvi(model, keys, n_cells, args.seed)
@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "n_latent": n_latent[key],
                     "gene_likelihood": likelihood[key],
                     "dispersion": dispersion[key],
-                    "ema_decay": args.ema_decay,
+                    "ema_decay": ema[key],
                 }
                 for key, kwargs in priorvi_kwargs.items()
             },

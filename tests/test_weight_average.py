@@ -63,7 +63,9 @@ def test_ema_default_per_model_and_bad_values(tiny):
         model = PriorVI(adata)
         quiet_train(model, max_epochs=3, ema_decay=ema)
         weights[ema] = model.module.px_r.detach().numpy().copy()
-    np.testing.assert_array_equal(weights["default"], weights[0.99])
+        assert model._train_ema_decay == (None if ema == "default" else ema)
+    # 3 epochs of 2 minibatches are far below PriorVI's 4,000 steps: no average by default
+    np.testing.assert_array_equal(weights["default"], weights[None])
     assert not np.allclose(weights[None], weights[0.99])
     for bad in (1.0, 0.0, -0.5, "yes"):
         with pytest.raises(ValueError, match="ema_decay"):
@@ -90,3 +92,26 @@ def test_integer_buffers_take_the_current_values(tiny):
         torch.testing.assert_close(state[name], perm, rtol=0, atol=0)
     counters = [v for n, v in state.items() if n.endswith("num_batches_tracked")]
     assert counters and all(int(c) == 20 * 6 for c in counters)  # 180 cells, batches of 32
+
+
+def test_default_averages_only_runs_long_enough(tiny):
+    """``ema_decay="default"``: PriorVI averages runs of >= 4,000 optimizer steps only."""
+    adata = tiny.copy()
+    PriorVI.setup_anndata(adata, condition_keys=["cell_type"])
+    model = PriorVI(adata)
+    n_train = adata.n_obs * 0.9  # scvi-tools' default training split
+    steps_per_epoch = int(np.ceil(n_train / 128))
+    enough = int(np.ceil(4000 / steps_per_epoch))
+    assert model.default_ema_decay(enough) == 0.99
+    assert model.default_ema_decay(enough - 1) is None
+    # smaller minibatches mean more steps per epoch; a smaller training split, fewer
+    assert model.default_ema_decay(enough - 1, batch_size=16) == 0.99
+    assert model.default_ema_decay(enough, train_size=0.3) is None
+    assert model.default_ema_decay(1, datamodule=object()) == 0.99  # unknown length
+    assert DisentVI(tiny_disent(tiny)).default_ema_decay(10**6) is None
+
+
+def tiny_disent(tiny):
+    adata = tiny.copy()
+    DisentVI.setup_anndata(adata, categorical_attributes=["cell_type"])
+    return adata

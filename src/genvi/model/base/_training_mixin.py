@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base import UnsupervisedTrainingMixin
 
@@ -19,6 +21,11 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
     #: Default decay of the weights' exponential moving average (:class:`WeightEMA`); None
     #: trains without one, as scvi-tools does. A model sets it where it was measured to help.
     _ema_decay: float | None = None
+    #: ``ema_decay="default"`` averages only runs of at least this many optimizer steps: while
+    #: the model still improves quickly the average lags behind it (PriorVI, pbmc3k, issue
+    #: #20: median energy 1.17 -> 1.91 after 300 steps, 0.26 -> 0.29 after 750; gains from
+    #: ~4,500 steps on).
+    _ema_min_steps: int = 0
 
     def train(
         self,
@@ -51,9 +58,12 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
             Keep an exponential moving average of the weights, updated after every optimizer
             step with this decay (about the last ``1 / (1 - ema_decay)`` steps), and end
             training with the average as the model's weights (:class:`WeightEMA`, Lightning's
-            ``WeightAveraging``); validation during training uses the average too. ``None``:
+            ``WeightAveraging``; parameters and floating-point buffers such as BatchNorm's
+            statistics, while integer buffers keep their current values); validation during
+            training uses the average too. ``None``:
             the last step's weights, as in scvi-tools. ``"default"``: the model's own
-            default (``None`` unless the model's documentation says otherwise).
+            default (``None`` unless the model's documentation says otherwise; a model may
+            average only runs long enough for it to help, see :meth:`default_ema_decay`).
         **kwargs
             Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's
             ``Trainer`` (``accelerator``, ``devices``, ``strategy``, ``early_stopping``...).
@@ -65,7 +75,10 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
                 raise ValueError(
                     f"ema_decay must be a number in (0, 1), None or 'default', got {ema_decay!r}."
                 )
-            ema_decay = self._ema_decay
+            ema_decay = self.default_ema_decay(
+                max_epochs, batch_size, kwargs.get("train_size"), kwargs.get("datamodule")
+            )
+        self._train_ema_decay = ema_decay  # what this training used (benchmarks record it)
         if ema_decay is not None:
             # first, so that the user's callbacks see the averaged weights at the end of training
             kwargs["callbacks"] = [WeightEMA(ema_decay), *(kwargs.get("callbacks") or [])]
@@ -79,3 +92,23 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
         return super().train(
             max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan_kwargs, **kwargs
         )
+
+    def default_ema_decay(
+        self,
+        max_epochs: int,
+        batch_size: int = 128,
+        train_size: float | None = None,
+        datamodule=None,
+    ) -> float | None:
+        """The decay ``train(ema_decay="default")`` uses for a run of ``max_epochs``.
+
+        The model's default decay if the run takes at least the model's minimum number of
+        optimizer steps (``max_epochs`` times the minibatches of the training split,
+        ``train_size`` of the cells, scvi-tools' 0.9 by default), else ``None``. A run on a
+        user's ``datamodule`` counts as long enough.
+        """
+        if self._ema_decay is None or self._ema_min_steps <= 0 or datamodule is not None:
+            return self._ema_decay
+        n_train = self.adata.n_obs * (0.9 if train_size is None else float(train_size))
+        steps = max_epochs * max(1, math.ceil(n_train / batch_size))
+        return self._ema_decay if steps >= self._ema_min_steps else None

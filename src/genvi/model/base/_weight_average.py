@@ -40,8 +40,9 @@ class RampedEMA:
 class WeightEMA(WeightAveraging):
     """Lightning's :class:`~lightning.pytorch.callbacks.WeightAveraging` with an EMA.
 
-    The average is updated after every optimizer step (parameters and buffers, e.g.
-    BatchNorm statistics), used for validation, and copied into the model when training
+    The average is updated after every optimizer step (parameters and floating-point
+    buffers, e.g. BatchNorm statistics; integer buffers such as a flow's permutations keep
+    their current values), used for validation, and copied into the model when training
     ends, so the trained model *is* the average.
 
     Parameters
