@@ -129,12 +129,13 @@ def _parse_ema_decay(value: str, parser: argparse.ArgumentParser) -> float | str
         return "default"
     if value.lower() == "none":
         return None
+    from genvi.model.base import WeightEMA
+
     try:
         decay = float(value)
-    except ValueError:
-        decay = -1.0
-    if not 0.0 < decay < 1.0:
-        parser.error(f"--ema-decay must be a number in (0, 1), 'none' or 'default', got {value!r}")
+        WeightEMA(decay)  # the callback's own range check, before any data is loaded
+    except ValueError as err:
+        parser.error(f"--ema-decay: 'none', 'default' or a number; {err}")
     return decay
 
 
