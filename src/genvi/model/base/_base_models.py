@@ -79,6 +79,16 @@ class BaseModelAdapter:
         px_r = px_r.detach().cpu()
         return px_r.reshape(px_r.shape[0], -1)
 
+    def trained_cell_names(self) -> np.ndarray | None:
+        """Names of the cells the base model's training fitted (not its validation cells).
+
+        ``None`` when the model does not record them (no AnnData or no training split).
+        """
+        adata, idx = self.model.adata, getattr(self.model, "train_indices", None)
+        if adata is None or idx is None:
+            return None
+        return np.asarray(adata.obs_names[np.asarray(idx)], dtype=str)
+
     @property
     def device(self) -> torch.device:
         """Device of the base model."""

@@ -122,6 +122,110 @@ def fit_dispersion(
     return out
 
 
+#: fewest cells unseen by the base model for :func:`checked_dispersion` to judge a refit
+MIN_CHECK_CELLS = 50
+
+
+def checked_dispersion(
+    adapter,
+    loc: np.ndarray,
+    scale: np.ndarray,
+    counts,
+    library: np.ndarray,
+    decoder_inputs: dict[str, np.ndarray],
+    held_out: np.ndarray,
+    n_bins: int = 10,
+    n_cells: int = 1024,
+    seed: int = 0,
+) -> tuple[np.ndarray | None, dict]:
+    """A refit of the inverse dispersion, kept only where held-out cells prefer it.
+
+    The refit (:func:`fit_dispersion`) uses the cells the base model trained on; the
+    ``held_out`` ones (which it did not train on, at most ``n_cells`` of them) then score it
+    against the base model's own dispersion: genes are grouped into ``n_bins`` bins of equal
+    size by their mean count, and a bin keeps the refit only if it raises the bin's summed
+    log-likelihood of the held-out cells (one posterior draw each, the cells' own library
+    sizes). Bins rather than single genes: a few hundred cells cannot judge one rare gene.
+
+    Parameters
+    ----------
+    adapter, loc, scale, counts, library, decoder_inputs
+        As in :func:`fit_dispersion`, for every registered cell.
+    held_out
+        Boolean mask of the cells the base model did not train on.
+    n_bins
+        Gene bins by mean count.
+    n_cells
+        At most this many cells fit the refit, and at most this many held-out cells score it.
+    seed
+        Seed of the cell subsets and posterior draws.
+
+    Returns
+    -------
+    The inverse dispersions to decode with, ``(genes, groups)`` — the refit in the bins that
+    kept it, the base model's own elsewhere — or ``None`` when no bin kept it (or the decoder
+    has none to refit); and a report: the bins' upper mean-count edges, the change of the
+    held-out log-likelihood per cell in each bin and whether the bin kept the refit.
+    """
+    held_out = np.asarray(held_out, dtype=bool)
+    fit_idx, check_idx = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+
+    def subset(idx):
+        return loc[idx], scale[idx], counts[idx], library[idx], _take(decoder_inputs, idx)
+
+    refit = fit_dispersion(adapter, *subset(fit_idx), n_cells=n_cells, seed=seed)
+    if refit is None:
+        return None, {}
+    if len(check_idx) > n_cells:
+        rng = np.random.default_rng(seed + 1)
+        check_idx = np.sort(rng.choice(check_idx, n_cells, replace=False))
+    own = torch.exp(adapter.log_dispersion).numpy()
+    args = (adapter, *subset(check_idx))
+    gain = _gene_log_lik(*args, refit, seed) - _gene_log_lik(*args, own, seed)
+    mean = np.asarray(counts[check_idx].mean(0)).ravel()
+    order = np.argsort(mean, kind="stable")
+    bins = np.array_split(order, min(n_bins, len(order)))
+    theta = own.copy()
+    report = {"n_held_out_cells": len(check_idx), "upper_mean": [], "gain_per_cell": []}
+    report["refitted"] = []
+    for genes in bins:
+        bin_gain = float(gain[genes].sum() / len(check_idx))
+        keep = bin_gain > 0
+        if keep:
+            theta[genes] = refit[genes]
+        report["upper_mean"].append(float(mean[genes].max()))
+        report["gain_per_cell"].append(bin_gain)
+        report["refitted"].append(bool(keep))
+    return (theta if any(report["refitted"]) else None), report
+
+
+def _take(inputs: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in inputs.items()}
+
+
+def _gene_log_lik(
+    adapter, loc, scale, counts, library, decoder_inputs, theta, seed, gene_chunk=2048
+) -> np.ndarray:
+    """Summed log-likelihood per gene of ``counts`` under the frozen decoder with ``theta``.
+
+    One posterior draw per cell (seeded, so two ``theta`` see the same draws) decoded with the
+    cell's own library size and nuisance inputs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.as_tensor(loc) + torch.as_tensor(scale) * torch.randn(loc.shape, generator=gen)
+    lib = np.log(library).astype(np.float32)
+    group = torch.as_tensor(decoder_inputs["batch"]).long().reshape(-1)
+    theta = torch.as_tensor(theta)
+    n_genes = counts.shape[1]
+    out = np.empty(n_genes)
+    for g0 in range(0, n_genes, gene_chunk):
+        genes = slice(g0, min(g0 + gene_chunk, n_genes))
+        mu, zi = _decoded_chunk(adapter, z, lib, decoder_inputs, genes, 512)
+        px = _nb(mu, cell_theta(theta[genes], group), zi)
+        out[genes] = px.log_prob(_dense(counts[:, genes])).sum(0).numpy()
+    return out
+
+
 def _nb(mu, theta, zi, scale=None) -> Distribution:
     """NB, or ZINB where there are zero-inflation logits, with ``theta`` broadcast to ``mu``."""
     likelihood = "nb" if zi is None else "zinb"
