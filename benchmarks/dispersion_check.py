@@ -76,18 +76,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def held_out_log_lik(flow, cells, theta, seed: int) -> float:
-    """Log-likelihood per cell of ``cells`` under the base decoder with ``theta``."""
+def held_out_log_lik(flow, cells, thetas: dict, seed: int) -> dict[str, float]:
+    """Log-likelihood per cell of ``cells`` under the base decoder with each of ``thetas``."""
     from genvi.model.base._dispersion import _gene_log_lik
 
     adapter = flow._adapter
     loc, scale = adapter.latent_distribution(cells)
     library = np.maximum(np.asarray(cells.X.sum(1)).ravel(), 1.0)
-    if theta is None:
-        theta = np.exp(adapter.log_dispersion.numpy())
+    own = np.exp(adapter.log_dispersion.numpy())
+    tables = [own if t is None else t for t in thetas.values()]
     inputs = adapter.decoder_inputs(cells)
-    ll = _gene_log_lik(adapter, loc, scale, cells.X, library, inputs, theta, seed)
-    return float(ll.sum() / cells.n_obs)
+    ll = _gene_log_lik(adapter, loc, scale, cells.X, library, inputs, tables, seed)
+    return {name: float(row.sum() / cells.n_obs) for name, row in zip(thetas, ll, strict=True)}
 
 
 def models(args, train, keys):
@@ -131,9 +131,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     checked, report = flow._checked_dispersion(loc, scale, args.seed)
     thetas = {"own": None, "refit": flow._fit_dispersion(loc, scale, args.seed), "checked": checked}
 
+    log_lik = held_out_log_lik(flow, test, thetas, args.seed)
     results = {}
     for name, theta in thetas.items():
-        row: dict[str, Any] = {"held_out_log_lik": held_out_log_lik(flow, test, theta, args.seed)}
+        row: dict[str, Any] = {"held_out_log_lik": log_lik[name]}
         syn = with_dispersion(flow, theta, lambda: generate(flow, keys, n_cells, args.seed))
         pp = with_dispersion(flow, theta, lambda: posterior_predictive(flow, test, keys, args.seed))
         for tag, cells in (("generated", syn), ("posterior_predictive", pp)):

@@ -95,9 +95,7 @@ def fit_dispersion(
     idx = np.arange(len(loc))
     if len(idx) > n_cells:
         idx = np.sort(rng.choice(idx, n_cells, replace=False))
-    gen = torch.Generator().manual_seed(seed)
-    eps = torch.randn(loc[idx].shape, generator=gen)
-    z = torch.as_tensor(loc[idx]) + torch.as_tensor(scale[idx]) * eps
+    z = _posterior_draw(loc[idx], scale[idx], seed)
     x_all = counts[idx]
     lib = np.log(library[idx]).astype(np.float32)
     inputs = {k: v[idx] for k, v in decoder_inputs.items()}
@@ -181,7 +179,8 @@ def checked_dispersion(
         check_idx = np.sort(rng.choice(check_idx, n_cells, replace=False))
     own = torch.exp(adapter.log_dispersion).numpy()
     args = (adapter, *subset(check_idx))
-    gain = _gene_log_lik(*args, refit, seed) - _gene_log_lik(*args, own, seed)
+    ll_refit, ll_own = _gene_log_lik(*args, [refit, own], seed)
+    gain = ll_refit - ll_own
     mean = np.asarray(counts[check_idx].mean(0)).ravel()
     order = np.argsort(mean, kind="stable")
     bins = np.array_split(order, min(n_bins, len(order)))
@@ -203,26 +202,35 @@ def _take(inputs: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarra
     return {k: v[idx] for k, v in inputs.items()}
 
 
-def _gene_log_lik(
-    adapter, loc, scale, counts, library, decoder_inputs, theta, seed, gene_chunk=2048
-) -> np.ndarray:
-    """Summed log-likelihood per gene of ``counts`` under the frozen decoder with ``theta``.
-
-    One posterior draw per cell (seeded, so two ``theta`` see the same draws) decoded with the
-    cell's own library size and nuisance inputs.
-    """
+def _posterior_draw(loc, scale, seed: int) -> torch.Tensor:
+    """One seeded draw per cell from q(z | x) = N(loc, scale²)."""
     gen = torch.Generator().manual_seed(seed)
-    z = torch.as_tensor(loc) + torch.as_tensor(scale) * torch.randn(loc.shape, generator=gen)
+    eps = torch.randn(np.shape(loc), generator=gen)
+    return torch.as_tensor(loc) + torch.as_tensor(scale) * eps
+
+
+def _gene_log_lik(
+    adapter, loc, scale, counts, library, decoder_inputs, thetas, seed, gene_chunk=2048
+) -> np.ndarray:
+    """Summed log-likelihood per gene of ``counts`` under the frozen decoder, per theta.
+
+    One posterior draw per cell (seeded) decoded once with the cell's own library size and
+    nuisance inputs, then scored with each inverse dispersion table in ``thetas``; returns
+    ``(len(thetas), genes)``.
+    """
+    z = _posterior_draw(loc, scale, seed)
     lib = np.log(library).astype(np.float32)
     group = torch.as_tensor(decoder_inputs["batch"]).long().reshape(-1)
-    theta = torch.as_tensor(theta)
+    thetas = [torch.as_tensor(t) for t in thetas]
     n_genes = counts.shape[1]
-    out = np.empty(n_genes)
+    out = np.empty((len(thetas), n_genes))
     for g0 in range(0, n_genes, gene_chunk):
         genes = slice(g0, min(g0 + gene_chunk, n_genes))
         mu, zi = _decoded_chunk(adapter, z, lib, decoder_inputs, genes, 512)
-        px = _nb(mu, cell_theta(theta[genes], group), zi)
-        out[genes] = px.log_prob(_dense(counts[:, genes])).sum(0).numpy()
+        x = _dense(counts[:, genes])
+        for k, theta in enumerate(thetas):
+            px = _nb(mu, cell_theta(theta[genes], group), zi)
+            out[k, genes] = px.log_prob(x).sum(0).numpy()
     return out
 
 
