@@ -51,7 +51,7 @@ from _common import (  # noqa: E402
     stratified_split,
     write_json,
 )
-from generation import DATASETS, MIN_CELLS, condition_labels  # noqa: E402
+from generation import DATASETS, MIN_CELLS, condition_labels, resample_training  # noqa: E402
 from latent_priors import (  # noqa: E402
     generate,
     posterior_predictive,
@@ -152,23 +152,6 @@ def score_draws(draws: list, test, keys, space, seed: int) -> dict[str, dict[str
     return out
 
 
-def trained_cells(train, keys, n_cells: dict, seed: int):
-    """Cells the models trained on, per scored condition as many as it has held-out cells.
-
-    Decoded from their own posterior draws (``posterior_predictive``), they show what the base
-    decoder gives where its latents are right: a prior that matched the training cells'
-    aggregate posterior exactly would do no better.
-    """
-    rng = np.random.default_rng(seed)
-    labels = condition_labels(train.obs, keys).astype(str).to_numpy()
-    idx = [
-        rng.choice(pool, size=min(n, len(pool)), replace=False)
-        for cond, n in n_cells.items()
-        if len(pool := np.flatnonzero(labels == " | ".join(cond)))
-    ]
-    return train[np.concatenate(idx)].copy()
-
-
 def models(args, train, keys):
     """The plain scVI and the LatentFlow on it: trained, or loaded from ``--model-dir``."""
     import scvi
@@ -212,7 +195,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     log_lik = held_out_log_lik(flow, test, thetas, args.seed)
     draw_seeds = [args.seed + 1000 * k for k in range(args.draws)]
-    seen = trained_cells(flow.adata, keys, n_cells, args.seed)
+    # cells the models trained on, as many per condition as it has held-out cells: decoded
+    # from their own posterior draws they show what the decoder gives a prior that matched
+    # its training latents exactly
+    seen = resample_training(flow.adata, keys, n_cells, args.seed)
     results = {}
     for name, theta in thetas.items():
         row: dict[str, Any] = {"held_out_log_lik": log_lik[name]}
