@@ -192,6 +192,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "row used)",
     )
     parser.add_argument(
+        "--temperatures",
+        default="",
+        help="comma list of sampling temperatures other than 1 (PriorVI.generate(temperature=...)"
+        "); each adds a row of the default PriorVI's cells drawn at that temperature, same model",
+    )
+    parser.add_argument(
         "--scvi-likelihood",
         default="nb",
         choices=["nb", "zinb", "poisson"],
@@ -217,6 +223,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.max_epochs = min(args.max_epochs, QUICK_EPOCHS)
     args.ema_decay = _parse_ema_decay(args.ema_decay, parser)
+    try:
+        args.temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--temperatures must be numbers, got {args.temperatures!r}")
+    if any(not (t > 0 and np.isfinite(t)) or t == 1.0 for t in args.temperatures):
+        parser.error("--temperatures must be positive and other than 1 (1 is the default row)")
     args.priors = [p.strip() for p in args.priors.split(",") if p.strip()]
     unknown = sorted({p.split(":")[0] for p in args.priors} - set(PRIOR_NAMES))
     bad = [
@@ -292,11 +304,15 @@ def train_priorvi(
 
 
 def generate_priorvi(
-    model: Any, keys: list[str], n_cells: dict[tuple[str, ...], int], seed: int
+    model: Any,
+    keys: list[str],
+    n_cells: dict[tuple[str, ...], int],
+    seed: int,
+    temperature: float = 1.0,
 ) -> ad.AnnData:
     """``n_cells[c]`` cells of each condition ``c`` (a tuple, one value per key)."""
     specs = [dict(zip(keys, c, strict=True)) for c in n_cells]
-    return model.generate(specs, n_cells=list(n_cells.values()), seed=seed)
+    return model.generate(specs, n_cells=list(n_cells.values()), seed=seed, temperature=temperature)
 
 
 def decode_posteriors(
@@ -531,6 +547,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             synthetic["priorvi_gaussian_posterior"] = decode_posteriors(
                 model, keys, n_cells, args.seed
             )
+            for t in args.temperatures:
+                METHODS[f"priorvi_gaussian_t{t:g}"] = f"{METHODS[key]}, temperature {t:g}"
+                synthetic[f"priorvi_gaussian_t{t:g}"] = generate_priorvi(
+                    model, keys, n_cells, args.seed, temperature=t
+                )
         del model
     print(f"training {METHODS['scvi']} for {args.max_epochs} epochs...", flush=True)
     load = os.getloadavg()[0]
@@ -619,6 +640,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "n_train": train.n_obs,
             "n_test": test.n_obs,
             "priors": args.priors,
+            "temperatures": args.temperatures,
             "held_out_cells": {str(k): int(v) for k, v in held_out.items()},
             "generated_cells": {" | ".join(k): v for k, v in n_cells.items()},
             "reference_space": {

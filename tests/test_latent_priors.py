@@ -136,6 +136,37 @@ def test_generate_contract(name, priors):
     assert np.allclose(lib.obs["library_size"], 500)
 
 
+def test_flow_temperature_scales_the_starting_noise(world, priors):
+    model = priors["flow"]
+    cond = CONDITIONS[3]
+
+    def latents(**kw):
+        return model.generate(cond, 400, seed=2, **kw).obsm["X_genvi_latent"]
+
+    default, one = latents(), latents(temperature=1.0)
+    np.testing.assert_array_equal(default, one)
+    # the ODE from a point: every cell gets the same latent
+    point = latents(temperature=1e-4)
+    assert np.all(point.std(0) < 1e-2 * default.std(0))
+    # a colder start spreads less, and stays near the condition's cells
+    half = latents(temperature=0.5)
+    assert np.all(half.std(0) < default.std(0))
+    sim, space, truth, _ = world
+    real = space.transform(truth[3])
+
+    def energy(t):
+        return energy_distance(
+            real, space.transform(model.generate(cond, 500, seed=4, temperature=t))
+        )
+
+    assert energy(0.5) < energy(1e-4)
+    gen = model.generate(cond, 5, seed=0, temperature=0.5)
+    assert gen.uns["genvi"]["temperature"] == 0.5
+    for bad in (0.0, -2.0, float("nan")):
+        with pytest.raises(ValueError, match="positive finite"):
+            model.generate(cond, 5, temperature=bad)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_counterfactual_moves_treatment(name, world, priors):
     model = priors[name]

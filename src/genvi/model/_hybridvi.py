@@ -386,6 +386,21 @@ class HybridVI(CountModelBase):
         )
 
     # ------------------------------------------------------------------ generation hooks
+    def _check_temperature(self, temperature: float) -> float:
+        """Only ``temperature=1``: the residual is centred under p(z | c) itself.
+
+        At another temperature E[exp(W z)] is no longer ``m(c)``, so the generated means would
+        leave the predictor's by a per-gene factor: the one thing HybridVI promises.
+        """
+        temperature = super()._check_temperature(temperature)
+        if temperature != 1.0:
+            raise ValueError(
+                f"HybridVI.generate takes only temperature=1 (got {temperature!r}): its residual "
+                "is centred under the prior itself, so a scaled noise would move the generated "
+                "means away from the predictor's. Use predict_mean for typical expression."
+            )
+        return temperature
+
     def _check_conditional_dropout(self, keep: np.ndarray) -> None:
         """Unspecified keys are drawn from the reference cells (no null tokens): no warning."""
 

@@ -90,6 +90,7 @@ class LatentFlowModule(LatentPriorModule):
         guidance: Sequence[tuple[torch.Tensor, float]] = (),
         rtol: float = 1e-5,
         atol: float = 1e-5,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """Integrate the ODE from noise to latents (base model's space).
 
@@ -105,9 +106,11 @@ class LatentFlowModule(LatentPriorModule):
             Guidance terms ``(keys to drop, weight)``.
         rtol, atol
             Tolerances of ``"dopri5"``.
+        temperature
+            Scale of the starting noise, ``temperature * u`` with u ~ N(0, I).
         """
         n = cond.keep.shape[0]
-        z = torch.randn(n, self.n_latent, device=self.latent_mean.device)
+        z = temperature * torch.randn(n, self.n_latent, device=self.latent_mean.device)
         z = self._integrate(z, 0.0, 1.0, cond, guidance, n_steps, method, rtol, atol)
         return self.unstandardize(z)
 
