@@ -47,13 +47,8 @@ from _common import (  # noqa: E402
     write_json,
 )
 from dispersion_check import models as flow_models  # noqa: E402
-from generation import (  # noqa: E402
-    DATASETS,
-    MIN_CELLS,
-    condition_labels,
-    generate_priorvi,
-    train_priorvi,
-)
+from generation import DATASETS, MIN_CELLS, condition_labels, train_priorvi  # noqa: E402
+from latent_priors import generate  # noqa: E402
 
 METRICS = ["energy", "c2st_auroc", "var_r2", "count_shape_auroc", "corr_dist", "zero_frac_dist"]
 MODELS = ("priorvi", "latentflow")
@@ -121,21 +116,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     space = genvi.metrics.ReferenceSpace.fit(train, n_top_genes=2000, n_comps=50, seed=args.seed)
     model = (priorvi_model if args.model == "priorvi" else flow_models)(args, train, keys)
 
-    def make(seed: int, temperature: float):
-        if args.model == "priorvi":
-            return generate_priorvi(model, keys, n_cells, seed, temperature=temperature)
-        specs = [dict(zip(keys, c, strict=True)) for c in n_cells]
-        return model.generate(
-            specs, n_cells=list(n_cells.values()), seed=seed, temperature=temperature
-        )
-
     results: dict[str, dict[str, Any]] = {}
     for t in args.temperatures:
         medians = {m: [] for m in METRICS}
         for k in range(args.draws):
             df = genvi.metrics.compare_conditions(
                 test,
-                make(args.seed + 1000 * k, t),
+                generate(model, keys, n_cells, args.seed + 1000 * k, temperature=t),
                 keys,
                 space,
                 min_cells=MIN_CELLS,
