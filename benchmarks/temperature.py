@@ -10,9 +10,11 @@ with the generation seed alone. The table gives the mean over draws of the per-d
 (and the AUROC's standard deviation over draws).
 
 ``--model priorvi``: the default PriorVI (``generation.train_priorvi``, the conditional
-Gaussian prior; z = mu(c) + temperature * sigma(c) * u). ``--model latentflow``: a LatentFlow
-with its defaults on a plain scVI (``dispersion_check.py``'s pair; the ODE starts from
-temperature * u). Run from the repository root::
+Gaussian prior; z = mu(c) + temperature * sigma(c) * u), or with ``--dispersion`` another
+dispersion model (its ``temperature 1`` row scores that dispersion over the same draws).
+``--model latentflow``: a LatentFlow with its defaults on a plain scVI
+(``dispersion_check.py``'s pair; the ODE starts from temperature * u). Run from the
+repository root::
 
     python benchmarks/temperature.py --dataset pbmc3k --model priorvi --max-epochs 400 \\
         --model-dir models/pbmc3k_s0 --threads 1
@@ -64,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--temperatures", default="1,0.9,0.8", help="comma list (default 1,0.9,0.8)"
     )
     parser.add_argument("--draws", type=int, default=5, help="generations per temperature")
+    parser.add_argument(
+        "--dispersion",
+        default=None,
+        choices=["gene", "gene-batch", "gene-cell"],
+        help="--model priorvi: PriorVI's dispersion (default: its own default, gene)",
+    )
     parser.add_argument("--model-dir", type=Path, default=None, help="save / reuse the model")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -75,21 +83,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--temperatures must be positive numbers")
     if args.draws < 1:
         parser.error("--draws must be at least 1")
+    if args.dispersion is not None and args.model != "priorvi":
+        parser.error("--dispersion is an option of --model priorvi")
     if args.out is None:
+        tag = "" if args.dispersion is None else f"_{args.dispersion}"
         args.out = RESULTS_DIR / (
-            f"temperature_{args.dataset}_{args.model}_{args.max_epochs}ep_s{args.seed}.json"
+            f"temperature_{args.dataset}_{args.model}{tag}_{args.max_epochs}ep_s{args.seed}.json"
         )
     return args
 
 
 def priorvi_model(args, train, keys):
-    """The default PriorVI: trained, or loaded from ``--model-dir``."""
+    """PriorVI (genvi defaults but ``--dispersion``): trained, or loaded from ``--model-dir``."""
     from genvi.model import PriorVI
 
     path = None if args.model_dir is None else args.model_dir / "priorvi"
     if path is not None and path.exists():
-        return PriorVI.load(path, adata=train.copy())
-    model, _ = train_priorvi(train, keys, args.max_epochs, args.seed)
+        model = PriorVI.load(path, adata=train.copy())
+        if args.dispersion not in (None, model.module.dispersion):
+            raise SystemExit(
+                f"{path} holds a PriorVI with dispersion={model.module.dispersion!r}, not "
+                f"{args.dispersion!r}; give another --model-dir"
+            )
+        return model
+    kwargs = {} if args.dispersion is None else {"dispersion": args.dispersion}
+    model, _ = train_priorvi(train, keys, args.max_epochs, args.seed, **kwargs)
     if path is not None:
         model.save(path, overwrite=True)
     return model
@@ -141,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         print(f"temperature {t:g}: done", flush=True)
 
-    name = "default PriorVI" if args.model == "priorvi" else "LatentFlow on a plain scVI"
+    name = "LatentFlow on a plain scVI"
+    if args.model == "priorvi":
+        name = "default PriorVI" if args.dispersion is None else f"PriorVI, {args.dispersion}"
     header = ["temperature"] + METRICS + ["c2st_auroc sd over draws"]
     rows = [
         [t]
@@ -160,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": args.model,
         "settings": {
             "max_epochs": args.max_epochs,
+            "dispersion": args.dispersion or "model default",
             "seed": args.seed,
             "draws": args.draws,
             "draw_seeds": [args.seed + 1000 * k for k in range(args.draws)],
