@@ -48,10 +48,14 @@ from _common import (  # noqa: E402
     markdown_table,
     quiet,
     set_threads,
-    stratified_split,
     write_json,
 )
-from generation import DATASETS, MIN_CELLS, condition_labels, resample_training  # noqa: E402
+from generation import (  # noqa: E402
+    DATASETS,
+    MIN_CELLS,
+    held_out_split,
+    resample_training,
+)
 from latent_priors import (  # noqa: E402
     generate,
     posterior_predictive,
@@ -175,19 +179,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dataset, keys = DATASETS[args.dataset]
     adata = load_dataset(args.data_dir, dataset)
 
-    import genvi
+    import genvi  # noqa: F401  (before quiet(): Lightning sets its loggers' levels on import)
 
     quiet()
     if args.threads is not None:
         set_threads(args.threads)
-    for key in keys:
-        adata.obs[key] = adata.obs[key].astype(str).astype("category")
-    labels = condition_labels(adata.obs, keys)
-    train_idx, test_idx = stratified_split(labels, test_size=0.2, seed=args.seed)
-    train, test = adata[train_idx].copy(), adata[test_idx].copy()
-    held = condition_labels(test.obs, keys).value_counts().sort_index()
-    n_cells = {tuple(str(c).split(" | ")): int(n) for c, n in held.items() if n >= MIN_CELLS}
-    space = genvi.metrics.ReferenceSpace.fit(train, n_top_genes=2000, n_comps=50, seed=args.seed)
+    train, test, _, n_cells, space = held_out_split(adata, keys, args.seed)
     flow = models(args, train, keys)
     loc, scale = flow._adapter.latent_distribution(flow.adata)
     checked, report = flow._checked_dispersion(loc, scale, args.seed)

@@ -272,6 +272,29 @@ def condition_labels(obs: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 
 # ---------------------------------------------------------------------------- generators
+def held_out_split(
+    adata: ad.AnnData, keys: list[str], seed: int
+) -> tuple[ad.AnnData, ad.AnnData, pd.Series, dict[tuple[str, ...], int], Any]:
+    """The split every generation benchmark scores on.
+
+    ``keys`` become string categoricals of ``adata.obs`` (in place); 80/20 split stratified by
+    the condition; returns the training and held-out cells, the held-out cells per condition,
+    the conditions scored (``>= MIN_CELLS`` held-out cells: as many generated) and the 50-PC
+    reference space fitted on the training cells.
+    """
+    import genvi
+
+    for key in keys:
+        adata.obs[key] = adata.obs[key].astype(str).astype("category")
+    labels = condition_labels(adata.obs, keys)
+    train_idx, test_idx = stratified_split(labels, test_size=0.2, seed=seed)
+    train, test = adata[train_idx].copy(), adata[test_idx].copy()
+    held_out = condition_labels(test.obs, keys).value_counts().sort_index()
+    n_cells = {tuple(str(c).split(" | ")): int(n) for c, n in held_out.items() if n >= MIN_CELLS}
+    space = genvi.metrics.ReferenceSpace.fit(train, n_top_genes=2000, n_comps=50, seed=seed)
+    return train, test, held_out, n_cells, space
+
+
 def train_priorvi(
     train: ad.AnnData,
     keys: list[str],
@@ -501,13 +524,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         set_threads(args.threads)
     scvi.settings.seed = args.seed
-    for key in keys:
-        adata.obs[key] = adata.obs[key].astype(str).astype("category")
-    labels = condition_labels(adata.obs, keys)
-    train_idx, test_idx = stratified_split(labels, test_size=0.2, seed=args.seed)
-    train, test = adata[train_idx].copy(), adata[test_idx].copy()
-    held_out = condition_labels(test.obs, keys).value_counts().sort_index()
-    n_cells = {tuple(str(c).split(" | ")): int(n) for c, n in held_out.items() if n >= MIN_CELLS}
+    train, test, held_out, n_cells, space = held_out_split(adata, keys, args.seed)
     print(
         f"{dataset}: {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, "
         f"test {test.n_obs}; {len(n_cells)} scored conditions of {' x '.join(keys)} "
@@ -515,8 +532,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + ", ".join(f"{' | '.join(c)}: {n}" for c, n in n_cells.items()),
         flush=True,
     )
-
-    space = genvi.metrics.ReferenceSpace.fit(train, n_top_genes=2000, n_comps=50, seed=args.seed)
 
     synthetic: dict[str, ad.AnnData] = {}
     timings: dict[str, dict[str, float]] = {}

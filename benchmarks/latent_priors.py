@@ -50,7 +50,6 @@ from _common import (  # noqa: E402
     markdown_table,
     quiet,
     set_threads,
-    stratified_split,
     timed,
     write_json,
 )
@@ -63,6 +62,7 @@ from generation import (  # noqa: E402
     condition_labels,
     generate_priorvi,
     generate_scvi,
+    held_out_split,
     resample_training,
     train_priorvi,
     train_scvi,
@@ -279,17 +279,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         set_threads(args.threads)
     scvi.settings.seed = args.seed
-    for key in keys:
-        adata.obs[key] = adata.obs[key].astype(str).astype("category")
-    labels = condition_labels(adata.obs, keys)
-    train_idx, test_idx = stratified_split(labels, test_size=0.2, seed=args.seed)
-    train, test = adata[train_idx].copy(), adata[test_idx].copy()
-    held_out = condition_labels(test.obs, keys).value_counts().sort_index()
-    n_cells = {tuple(str(c).split(" | ")): int(n) for c, n in held_out.items() if n >= MIN_CELLS}
+    train, test, held_out, n_cells, space = held_out_split(adata, keys, args.seed)
     print(
         f"{dataset}: train {train.n_obs}, test {test.n_obs}, {len(n_cells)} conditions", flush=True
     )
-    space = genvi.metrics.ReferenceSpace.fit(train, n_top_genes=2000, n_comps=50, seed=args.seed)
 
     synthetic, timings, models = {}, {}, {}
     print("training base models...", flush=True)

@@ -45,11 +45,10 @@ from _common import (  # noqa: E402
     markdown_table,
     quiet,
     set_threads,
-    stratified_split,
     write_json,
 )
 from dispersion_check import models as flow_models  # noqa: E402
-from generation import DATASETS, MIN_CELLS, condition_labels, train_priorvi  # noqa: E402
+from generation import DATASETS, MIN_CELLS, held_out_split, train_priorvi  # noqa: E402
 from latent_priors import generate  # noqa: E402
 
 METRICS = ["energy", "c2st_auroc", "var_r2", "count_shape_auroc", "corr_dist", "zero_frac_dist"]
@@ -124,14 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet()
     if args.threads is not None:
         set_threads(args.threads)
-    for key in keys:
-        adata.obs[key] = adata.obs[key].astype(str).astype("category")
-    labels = condition_labels(adata.obs, keys)
-    train_idx, test_idx = stratified_split(labels, test_size=0.2, seed=args.seed)
-    train, test = adata[train_idx].copy(), adata[test_idx].copy()
-    held = condition_labels(test.obs, keys).value_counts().sort_index()
-    n_cells = {tuple(str(c).split(" | ")): int(n) for c, n in held.items() if n >= MIN_CELLS}
-    space = genvi.metrics.ReferenceSpace.fit(train, n_top_genes=2000, n_comps=50, seed=args.seed)
+    train, test, _, n_cells, space = held_out_split(adata, keys, args.seed)
     model = (priorvi_model if args.model == "priorvi" else flow_models)(args, train, keys)
 
     results: dict[str, dict[str, Any]] = {}
