@@ -38,7 +38,7 @@ Gaussian prior (wall clock, same data and batch size). Run from the repository r
     python benchmarks/generation.py --priors gaussian,gaussian:decode   # decoder sees c too
     python benchmarks/generation.py --priors gaussian --n-latent 30 --out /tmp/nl30.json
     python benchmarks/generation.py --priors gaussian --gene-likelihood zinb --out /tmp/zinb.json
-    python benchmarks/generation.py --priors gaussian --dispersion gene-cell --out /tmp/gc.json
+    python benchmarks/generation.py --priors gaussian --dispersion gene --out /tmp/gene.json
     bash benchmarks/peers/setup_envs.sh cfgen    # once, for the next line
     python benchmarks/generation.py --peers cfgen --threads 1
 """
@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dispersion",
         default=None,
         choices=["gene", "gene-batch", "gene-cell"],
-        help="dispersion of every PriorVI row (default: PriorVI's own default, gene)",
+        help="dispersion of every PriorVI row (default: PriorVI's own default, gene-cell)",
     )
     parser.add_argument(
         "--ema-decay",

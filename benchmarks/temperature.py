@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dispersion",
         default=None,
         choices=["gene", "gene-batch", "gene-cell"],
-        help="--model priorvi: PriorVI's dispersion (default: its own default, gene)",
+        help="--model priorvi: PriorVI's dispersion (default: its own default, gene-cell)",
     )
     parser.add_argument("--model-dir", type=Path, default=None, help="save / reuse the model")
     parser.add_argument("--out", type=Path, default=None)

@@ -12,7 +12,9 @@ latents). Skipped, with the reason, when the file is not in ``../shared/data`` (
 Measured (``results/outliers_kang.json``, seed 0): expression score (the default: all cells
 thinned to a common depth, the space fitted on the training and all held-out cells, the
 distance times the scored cells' enrichment) 0.999 (0.999 before depth matching), its distance
-alone 0.972, in the training cells' space 0.954, latent 10-NN 0.997 (0.969 without enrichment);
+alone 0.972, in the training cells' space 0.954, latent 10-NN 0.997 (0.969 without enrichment;
+0.998 with the per-cell dispersion, PriorVI's default since Dec 6 2026, whose expression
+scores are the same);
 the per-count likelihood (the default before December 2026) 0.707, the raw likelihood 0.486,
 library size alone 0.374 (0.626 reversed). The floors, 0.98 and 0.95, fail a default that loses
 its enrichment, goes back to the per-count likelihood or follows depth, an expression space

@@ -272,14 +272,25 @@ def test_attribute_encoding_round_trip():
 
 
 # ---------------------------------------------------------------------- training faults
-def test_nan_loss_stops_training_with_causes():
+@pytest.mark.parametrize("where", ["dispersion", "condition embedding"])
+def test_nan_weights_stop_training_with_causes(where):
+    """A NaN per-gene dispersion reaches the loss; NaN condition embeddings fail earlier, in
+    torch's check of the prior's Normal: both stop with the causes, not torch's message."""
     adata = _small()
     PriorVI.setup_anndata(adata, condition_keys=["cell_type"])
-    model = PriorVI(adata, n_latent=4, n_hidden=16)
+    if where == "dispersion":
+        model = PriorVI(adata, n_latent=4, n_hidden=16, dispersion="gene")
+        weight, expected = model.module.px_r, "the loss became nan"
+    else:
+        model = PriorVI(adata, n_latent=4, n_hidden=16)
+        weight = model.module.condition_encoder.embeddings[0].weight
+        expected = "parameters of a distribution became NaN"
     with torch.no_grad():
-        next(model.module.parameters()).fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match="learning rate.*continuous covariates.*counts"):
+        weight.fill_(float("nan"))
+    match = f"{expected}.*learning rate.*continuous covariates.*counts"
+    with pytest.raises(NonFiniteLossError, match=match) as info:
         quiet_train(model, max_epochs=1)
+    assert (info.value.__cause__ is None) == (where == "dispersion")
 
 
 @pytest.mark.parametrize("n_cells", [5, 40])

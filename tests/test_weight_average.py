@@ -24,6 +24,13 @@ class _RecordWeights(Callback):
         self.steps.append({n: state[n].detach().clone() for n in self.names})
 
 
+def _decoder_weight(model) -> str:
+    """The name of the decoder's first trained weight matrix (any dispersion setting)."""
+    return next(
+        n for n, p in model.module.named_parameters() if n.startswith("decoder.") and p.dim() == 2
+    )
+
+
 def _ema(steps: list[torch.Tensor], decay: float) -> torch.Tensor:
     """The ramped EMA of WeightEMA, computed independently of AveragedModel."""
     avg = steps[0].clone()
@@ -39,7 +46,8 @@ def test_trained_weights_are_the_ema_of_the_steps(tiny, epochs):
     PriorVI.setup_anndata(adata, condition_keys=["cell_type", "treatment"])
     scvi.settings.seed = 0
     model = PriorVI(adata)
-    names = ["px_r", next(n for n in model.module.state_dict() if n.endswith("running_mean"))]
+    buffer = next(n for n in model.module.state_dict() if n.endswith("running_mean"))
+    names = [_decoder_weight(model), buffer]
     rec = _RecordWeights(names)
     quiet_train(model, max_epochs=epochs, batch_size=32, ema_decay=0.9, callbacks=[rec])
     assert len(rec.steps) == epochs * 6  # 180 training cells in batches of 32
@@ -62,7 +70,7 @@ def test_ema_default_per_model_and_bad_values(tiny):
         scvi.settings.seed = 0
         model = PriorVI(adata)
         quiet_train(model, max_epochs=3, ema_decay=ema)
-        weights[ema] = model.module.px_r.detach().numpy().copy()
+        weights[ema] = model.module.state_dict()[_decoder_weight(model)].numpy().copy()
         assert model._train_ema_decay == (None if ema == "default" else ema)
     # 3 epochs of 2 minibatches are far below PriorVI's 4,000 steps: no average by default
     np.testing.assert_array_equal(weights["default"], weights[None])

@@ -63,7 +63,8 @@ class PriorVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
     gene_likelihood
         ``"nb"``, ``"zinb"``, ``"poisson"`` or ``"normal"``.
     dispersion
-        ``"gene"``, ``"gene-batch"`` or ``"gene-cell"``.
+        ``"gene-cell"`` (default; the decoder predicts it per cell), ``"gene"`` or
+        ``"gene-batch"``.
     use_size_factor_key
         Use registered size factors instead of the observed library size.
     decode_conditions
@@ -90,7 +91,7 @@ class PriorVAE(ConditionalEncoderMixin, CountVAEMixin, BaseModuleClass):
         prior: str = "gaussian",
         prior_kwargs: dict | None = None,
         gene_likelihood: GeneLikelihood = "nb",
-        dispersion: Dispersion = "gene",
+        dispersion: Dispersion = "gene-cell",
         use_size_factor_key: bool = False,
         decode_conditions: bool | Sequence[int] = False,
     ):

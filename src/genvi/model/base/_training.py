@@ -28,10 +28,11 @@ class GenviTrainingPlan(TrainingPlan):
       scvi-tools calls ``module.eval()`` after training and loading, so a second ``train()``
       call would otherwise run with dropout off).
     - Stops at a NaN / infinite loss with :class:`NonFiniteLossError` naming the likely
-      causes, instead of training on to a model of NaN weights. The loss is checked every
-      ``log_every_n_steps`` optimizer steps (Lightning's ``Trainer`` argument; scvi-tools
-      sets 10) and at the end of every epoch, not at every step: reading a GPU value on the
-      host waits for the GPU, and a NaN loss stays NaN once the weights are NaN.
+      causes, instead of training on to a model of NaN weights (also when NaN weights make
+      torch's argument check of a distribution fail before there is a loss). The loss is
+      checked every ``log_every_n_steps`` optimizer steps (Lightning's ``Trainer`` argument;
+      scvi-tools sets 10) and at the end of every epoch, not at every step: reading a GPU
+      value on the host waits for the GPU, and a NaN loss stays NaN once the weights are NaN.
     - Distributed data parallel (any Lightning ``DDPStrategy``: ``strategy="ddp"``,
       ``"ddp_spawn"``, ``"ddp_notebook"``..., or ``devices > 1`` with no strategy): see
       :func:`configure_distributed`.
@@ -94,12 +95,17 @@ class GenviTrainingPlan(TrainingPlan):
         self.module.train()
 
     def training_step(self, batch, batch_idx):
-        loss = super().training_step(batch, batch_idx)
+        with invalid_parameters_as_non_finite(self):
+            loss = super().training_step(batch, batch_idx)
         self._last_loss = loss.detach()
         every = finite_check_interval(self.trainer)
         if self.global_step % every == 0:
             check_finite_loss(self, self._last_loss, every)
         return loss
+
+    def validation_step(self, batch, batch_idx):
+        with invalid_parameters_as_non_finite(self):
+            return super().validation_step(batch, batch_idx)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
@@ -146,12 +152,36 @@ def check_finite_loss(plan, loss: torch.Tensor, every: int = 1) -> None:
         bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
     if not bad:
         return
+    checked = f" (checked every {every} steps)" if every > 1 else ""
+    raise non_finite_error(plan, f"the loss became {float(loss.detach()):.4g}", checked)
+
+
+@contextlib.contextmanager
+def invalid_parameters_as_non_finite(plan):
+    """Turn torch's argument check of a distribution meeting NaN / inf into the error above.
+
+    Weights that diverged to NaN upstream of a distribution with validated arguments (the
+    encoder's or the prior's Normal) fail inside the forward pass with torch's ``ValueError``
+    ("... to satisfy the constraint ..., but found invalid values"), before any loss exists
+    to check; the user gets the same error, and causes, as for a NaN loss.
+    """
+    try:
+        yield
+    except ValueError as err:
+        text = str(err)
+        if "to satisfy the constraint" not in text or "found invalid values" not in text:
+            raise
+        what = "the parameters of a distribution became NaN or infinite"
+        raise non_finite_error(plan, f"{what} ({text.splitlines()[0].rstrip(':')})", "") from err
+
+
+def non_finite_error(plan, what: str, checked: str) -> NonFiniteLossError:
+    """The error for non-finite training, with its likely causes and fixes."""
     lr = None
     with contextlib.suppress(AttributeError, IndexError, KeyError, RuntimeError, TypeError):
         lr = plan.optimizers().param_groups[0]["lr"]
-    checked = f" (checked every {every} steps)" if every > 1 else ""
-    raise NonFiniteLossError(
-        f"Training stopped: the loss became {float(loss.detach()):.4g} at epoch "
+    return NonFiniteLossError(
+        f"Training stopped: {what} at epoch "
         f"{plan.current_epoch}, step {plan.global_step}{checked}. Likely causes: (1) a learning "
         f"rate too high for these data (lr={lr}): retry with e.g. plan_kwargs={{'lr': 1e-4}} "
         "and/or train(..., gradient_clip_val=10); (2) continuous covariates on a large scale "
