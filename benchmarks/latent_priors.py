@@ -26,7 +26,15 @@ repository root::
 
 ``--decode-conditions`` trains the PriorVI base with the conditions in its decoder as well
 (``decode_conditions=True``); ``--bases priorvi`` skips the scVI base (and with it the throughput
-and guidance sweeps, which run on the scVI base's priors).
+and guidance sweeps, which run on the scVI base's priors). ``--draws N`` scores N independent
+generations of every row (seeds ``--seed + 1000 k``; the first is the single-draw run's) and
+prints the mean and standard deviation of their medians over conditions: one draw's median
+classifier AUROC moves by a few hundredths with the generation seed alone. ``--model-dir DIR``
+saves every trained model under ``DIR/<row>`` and reuses those found there (training is
+deterministic at a given seed, so a reused model equals a retrained one)::
+
+    python benchmarks/latent_priors.py --bases priorvi --max-epochs 400 --draws 5 \
+        --model-dir models/pbmc3k_priorvi_400ep --threads 1
 """
 
 from __future__ import annotations
@@ -72,6 +80,8 @@ DEFAULT_EPOCHS = 100
 QUICK_EPOCHS = 10
 STEPS = [1, 5, 10, 20, 50, 100]
 GUIDANCE = [0.0, 0.5, 1.0, 2.0, 4.0]
+#: metrics kept per draw (``--draws``): medians and means over conditions
+DRAW_METRICS = ("energy", "c2st_auroc", "var_r2", "count_shape_auroc")
 METHODS = {
     "scvi_diffusion": "LatentDiffusion on scVI (no conditions)",
     "scvi_flow": "LatentFlow on scVI (no conditions)",
@@ -110,9 +120,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="PriorVI base (and row) with decode_conditions=True",
     )
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="independent generations scored per row (seeds --seed + 1000 k; default 1)",
+    )
+    parser.add_argument("--model-dir", type=Path, default=None, help="save / reuse the models")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="smoke run: few epochs")
     args = parser.parse_args(argv)
+    if args.draws < 1:
+        parser.error(f"--draws must be at least 1, got {args.draws}")
     args.bases = [b.strip() for b in args.bases.split(",") if b.strip()]
     unknown = sorted(set(args.bases) - {"scvi", "priorvi"})
     if unknown or not args.bases:
@@ -147,6 +166,34 @@ def train_plain_scvi(train: ad.AnnData, max_epochs: int, seed: int) -> tuple[Any
             plan_kwargs=plan,
         )
     )
+    return model, seconds
+
+
+def reuse_or_train(
+    model_dir: Path | None, name: str, train_fn, base=None, cls=None
+) -> tuple[Any, float | None]:
+    """``train_fn()`` (a model and its training seconds), or the model saved in
+    ``model_dir / name`` (seconds ``None``); a trained model is saved there.
+
+    ``base`` and ``cls``: for a latent prior, its base model and class (it is loaded onto
+    ``base`` and registered on ``base``'s AnnData); base models are saved with their AnnData.
+    """
+    import scvi
+
+    from genvi.model import PriorVI
+
+    path = None if model_dir is None else model_dir / name
+    if path is not None and path.exists():
+        if cls is not None:
+            return cls.load(path, adata=base.adata, base_model=base), None
+        loader = PriorVI if name == "priorvi" else scvi.model.SCVI
+        return loader.load(path), None
+    model, seconds = train_fn()
+    if path is not None:
+        if cls is not None:
+            model.save(path, overwrite=True)
+        else:
+            model.save(path, overwrite=True, save_anndata=True)
     return model, seconds
 
 
@@ -284,51 +331,90 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{dataset}: train {train.n_obs}, test {test.n_obs}, {len(n_cells)} conditions", flush=True
     )
 
-    synthetic, timings, models = {}, {}, {}
+    timings, models = {}, {}
     print("training base models...", flush=True)
     bases = {}
     if "scvi" in args.bases:
-        bases["scvi"], timings["base_scvi"] = train_plain_scvi(train, args.max_epochs, args.seed)
-    base_pvi, timings["priorvi"] = train_priorvi(
-        train, keys, args.max_epochs, args.seed, decode_conditions=args.decode_conditions
+        bases["scvi"], timings["base_scvi"] = reuse_or_train(
+            args.model_dir, "scvi", lambda: train_plain_scvi(train, args.max_epochs, args.seed)
+        )
+    base_pvi, timings["priorvi"] = reuse_or_train(
+        args.model_dir,
+        "priorvi",
+        lambda: train_priorvi(
+            train, keys, args.max_epochs, args.seed, decode_conditions=args.decode_conditions
+        ),
     )
     if "priorvi" in args.bases:
         bases["priorvi"] = base_pvi
-    synthetic["priorvi"] = generate_priorvi(base_pvi, keys, n_cells, args.seed)
-    scvi_cond, timings["scvi_cond"] = train_scvi(train, keys, args.max_epochs, args.seed, "nb")
-    synthetic["scvi_cond"] = generate_scvi(scvi_cond, keys, n_cells, args.seed)
-    synthetic["resample"] = resample_training(train, keys, n_cells, args.seed)
+    scvi_cond, timings["scvi_cond"] = reuse_or_train(
+        args.model_dir,
+        "scvi_cond",
+        lambda: train_scvi(train, keys, args.max_epochs, args.seed, "nb"),
+    )
+    # every row as a function of the generation seed, so that it can be drawn again
+    makers: dict[str, Any] = {
+        "priorvi": lambda s: generate_priorvi(base_pvi, keys, n_cells, s),
+        "scvi_cond": lambda s: generate_scvi(scvi_cond, keys, n_cells, s),
+        "resample": lambda s: resample_training(train, keys, n_cells, s),
+    }
     for base_name, base in bases.items():
         for prior_name, cls in (("diffusion", LatentDiffusion), ("flow", LatentFlow)):
             key = f"{base_name}_{prior_name}"
             print(f"training {METHODS[key]}...", flush=True)
-            models[key], timings[key] = train_latent(cls, base, keys, args.latent_epochs, args.seed)
-            synthetic[key] = generate(models[key], keys, n_cells, args.seed)
+            models[key], timings[key] = reuse_or_train(
+                args.model_dir,
+                key,
+                lambda c=cls, b=base: train_latent(c, b, keys, args.latent_epochs, args.seed),
+                base=base,
+                cls=cls,
+            )
+            makers[key] = lambda s, m=models[key]: generate(m, keys, n_cells, s)
         # the default decodes scVI with a refitted dispersion, PriorVI with its own: the
         # other choice, and the posterior predictive (cells' own latents) with both
         flow = models[f"{base_name}_flow"]
         disp = dispersions(flow, args.seed)
-        other = "own" if flow.dispersion_ is not None else "refit"
-        synthetic[f"{base_name}_flow_{'own_disp' if other == 'own' else 'refit'}"] = (
-            with_dispersion(flow, disp[other], lambda f=flow: generate(f, keys, n_cells, args.seed))
-        )
-        for name, theta in (("postpred", disp["own"]), ("postpred_refit", disp["refit"])):
-            synthetic[f"{base_name}_{name}"] = with_dispersion(
-                flow, theta, lambda f=flow: posterior_predictive(f, test, keys, args.seed)
+        # no refit where the decoder predicts each cell's dispersion ("gene-cell"): its rows
+        # would repeat the own-dispersion ones
+        refit = {"postpred": disp["own"]}
+        if disp["refit"] is not None:
+            other = "own" if flow.dispersion_ is not None else "refit"
+            makers[f"{base_name}_flow_{'own_disp' if other == 'own' else 'refit'}"] = (
+                lambda s, f=flow, t=disp[other]: with_dispersion(
+                    f, t, lambda: generate(f, keys, n_cells, s)
+                )
+            )
+            refit["postpred_refit"] = disp["refit"]
+        for name, theta in refit.items():
+            makers[f"{base_name}_{name}"] = lambda s, f=flow, t=theta: with_dispersion(
+                f, t, lambda: posterior_predictive(f, test, keys, s)
             )
 
-    summaries, tables = {}, {}
-    for key, syn in synthetic.items():
-        df = genvi.metrics.compare_conditions(
-            test,
-            syn,
-            keys,
-            space,
-            min_cells=MIN_CELLS,
-            seed=args.seed,
-            baseline=synthetic["scvi_cond"],
-        )
-        tables[key], summaries[key] = df, genvi.metrics.summarize(df)
+    draw_seeds = [args.seed + 1000 * k for k in range(args.draws)]
+    tables: dict[str, Any] = {}
+    draws: dict[str, dict[str, list[float]]] = {
+        key: {f"{m}_{stat}": [] for m in DRAW_METRICS for stat in ("median", "mean")}
+        for key in makers
+    }
+    summaries: dict[str, Any] = {}
+    for k, draw_seed in enumerate(draw_seeds):
+        synthetic = {key: make(draw_seed) for key, make in makers.items()}
+        for key, syn in synthetic.items():
+            df = genvi.metrics.compare_conditions(
+                test,
+                syn,
+                keys,
+                space,
+                min_cells=MIN_CELLS,
+                seed=args.seed,
+                baseline=synthetic["scvi_cond"],
+            )
+            if k == 0:  # the single-draw run's table and summaries
+                tables[key], summaries[key] = df, genvi.metrics.summarize(df)
+            for m in DRAW_METRICS:
+                if m in df:
+                    draws[key][f"{m}_median"].append(float(df[m].median()))
+                    draws[key][f"{m}_mean"].append(float(df[m].mean()))
 
     print("throughput and guidance...", flush=True)
     on_scvi = [k for k in ("scvi_diffusion", "scvi_flow") if k in models]
@@ -366,7 +452,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in rs
     ]
     print(markdown_table(["method", "guidance", "energy", "condition accuracy"], grows))
-    print("\n## Training time\n")
+    if args.draws > 1:
+        print(f"\n## Medians over conditions, mean ± sd over {args.draws} draws\n")
+        drows = [
+            [METHODS[k]]
+            + [
+                f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if v else "-"
+                for v in (d[f"{m}_median"] for m in DRAW_METRICS)
+            ]
+            for k, d in draws.items()
+        ]
+        print(markdown_table(["method", *DRAW_METRICS], drows))
+    print("\n## Training time (s; None: a reused model)\n")
     trows = [[k, v] for k, v in timings.items()]
     print(markdown_table(["model", "train s"], trows))
     print(f"\nMachine: {machine}")
@@ -385,9 +482,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "generation": "defaults: LatentDiffusion dpm++ 25 steps, LatentFlow heun 20 steps",
             "bases": args.bases,
             "priorvi_decode_conditions": args.decode_conditions,
+            "draw_seeds": draw_seeds,
+            "model_dir": None if args.model_dir is None else str(args.model_dir),
         },
-        "methods": {k: METHODS[k] for k in synthetic},
+        "methods": {k: METHODS[k] for k in makers},
         "summaries": summaries,
+        "draws": draws if args.draws > 1 else None,
         "per_condition": tables,
         "throughput": speed,
         "guidance_sweep": sweep,
