@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         disp = dispersions(flow, args.seed)
         # no refit where the decoder predicts each cell's dispersion ("gene-cell"): its rows
         # would repeat the own-dispersion ones
-        refit = {"postpred": disp["own"]}
+        postpred = {"postpred": disp["own"]}
         if disp["refit"] is not None:
             other = "own" if flow.dispersion_ is not None else "refit"
             makers[f"{base_name}_flow_{'own_disp' if other == 'own' else 'refit'}"] = (
@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f, t, lambda: generate(f, keys, n_cells, s)
                 )
             )
-            refit["postpred_refit"] = disp["refit"]
-        for name, theta in refit.items():
+            postpred["postpred_refit"] = disp["refit"]
+        for name, theta in postpred.items():
             makers[f"{base_name}_{name}"] = lambda s, f=flow, t=theta: with_dispersion(
                 f, t, lambda: posterior_predictive(f, test, keys, s)
             )
