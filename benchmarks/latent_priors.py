@@ -67,6 +67,7 @@ from generation import (  # noqa: E402
     FLOOR_NAMES,
     MIN_CELLS,
     TABLE_METRICS,
+    _parse_ema_decay,
     condition_labels,
     generate_priorvi,
     generate_scvi,
@@ -111,6 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="epochs of the latent priors (default: the models' own, ~10,000 steps)",
     )
     parser.add_argument(
+        "--latent-ema-decay",
+        default="default",
+        help="train(ema_decay=...) of the latent priors: a number in (0, 1), 'none' (the last "
+        "step's weights, the only behaviour before December 6 2026) or 'default' (the models' "
+        "own: 0.999 in runs of at least 400 optimizer steps); priors loaded from --model-dir keep "
+        "what they were trained with",
+    )
+    parser.add_argument(
         "--bases",
         default="scvi,priorvi",
         help="comma list of base models for the latent priors: scvi, priorvi (default both)",
@@ -132,6 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error(f"--draws must be at least 1, got {args.draws}")
+    args.latent_ema_decay = _parse_ema_decay(args.latent_ema_decay, parser)
     args.bases = [b.strip() for b in args.bases.split(",") if b.strip()]
     unknown = sorted(set(args.bases) - {"scvi", "priorvi"})
     if unknown or not args.bases:
@@ -197,13 +207,17 @@ def reuse_or_train(
     return model, seconds
 
 
-def train_latent(cls, base, keys, epochs, seed) -> tuple[Any, float]:
+def train_latent(
+    cls, base, keys, epochs, seed, ema_decay: float | str | None = "default"
+) -> tuple[Any, float]:
     """A latent prior on ``base``'s own AnnData."""
     import scvi
 
     scvi.settings.seed = seed
     model = cls.from_model(base, condition_keys=keys)
-    _, seconds = timed(lambda: model.train(max_epochs=epochs, enable_progress_bar=False))
+    _, seconds = timed(
+        lambda: model.train(max_epochs=epochs, enable_progress_bar=False, ema_decay=ema_decay)
+    )
     return model, seconds
 
 
@@ -365,7 +379,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             models[key], timings[key] = reuse_or_train(
                 args.model_dir,
                 key,
-                lambda c=cls, b=base: train_latent(c, b, keys, args.latent_epochs, args.seed),
+                lambda c=cls, b=base: train_latent(
+                    c, b, keys, args.latent_epochs, args.seed, args.latent_ema_decay
+                ),
                 base=base,
                 cls=cls,
             )
@@ -474,6 +490,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {
             "max_epochs": args.max_epochs,
             "latent_epochs": args.latent_epochs or "model default (~10,000 steps)",
+            "latent_ema_decay": args.latent_ema_decay,
+            # what each latent prior trained with (None: loaded from --model-dir, unknown)
+            "latent_ema_decay_used": {
+                k: getattr(m, "_train_ema_decay", None)
+                for k, m in models.items()
+                if k.endswith(("_flow", "_diffusion"))
+            },
             "seed": args.seed,
             "torch_threads": args.threads,
             "n_train": train.n_obs,

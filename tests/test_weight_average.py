@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from conftest import quiet_train
-from genvi.model import DisentVI, PriorVI
+from genvi.model import DisentVI, LatentDiffusion, LatentFlow, PriorVI
 from genvi.model.base import WeightEMA
 
 
@@ -123,3 +123,35 @@ def tiny_disent(tiny):
     adata = tiny.copy()
     DisentVI.setup_anndata(adata, categorical_attributes=["cell_type"])
     return adata
+
+
+def test_latent_prior_trains_to_the_ema_of_its_steps(tiny):
+    """LatentFlow / LatentDiffusion average their weights too (0.999 by default, issue #20)."""
+    adata = tiny.copy()
+    PriorVI.setup_anndata(adata, condition_keys=["cell_type"])
+    scvi.settings.seed = 0
+    base = quiet_train(PriorVI(adata, n_latent=4), max_epochs=2)
+    assert LatentFlow._ema_decay == LatentDiffusion._ema_decay == 0.999
+    scvi.settings.seed = 0
+    flow = LatentFlow.from_model(base, condition_keys=["cell_type"], n_hidden=16)
+    # the largest weight matrix (a condition's null token barely moves in 30 steps)
+    name = max(flow.module.named_parameters(), key=lambda item: item[1].numel())[0]
+    rec = _RecordWeights([name])
+    quiet_train(flow, max_epochs=5, batch_size=32, ema_decay=0.9, callbacks=[rec])
+    assert flow._train_ema_decay == 0.9
+    assert len(rec.steps) == 5 * 6  # 180 training cells in batches of 32
+    state = flow.module.state_dict()[name]
+    torch.testing.assert_close(state, _ema([s[name] for s in rec.steps], 0.9), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(state, rec.steps[-1][name], atol=1e-4)
+    # "default": 0.999 from 400 optimizer steps on (70 epochs x 6 minibatches), else None
+    weights = {}
+    for epochs, ema, used in ((70, "default", 0.999), (70, None, None), (3, "default", None)):
+        scvi.settings.seed = 0
+        model = LatentDiffusion.from_model(base, condition_keys=["cell_type"], n_hidden=16)
+        quiet_train(model, max_epochs=epochs, batch_size=32, ema_decay=ema)
+        assert model._train_ema_decay == used
+        weights[epochs, ema] = next(iter(model.module.parameters())).detach().clone()
+    assert not torch.allclose(weights[70, "default"], weights[70, None])
+    for bad in ("yes", 1.0):  # refused before the latents are encoded
+        with pytest.raises(ValueError, match="ema_decay"):
+            quiet_train(model, max_epochs=1, ema_decay=bad)

@@ -39,6 +39,7 @@ from genvi.model.base._novelty import NoveltyMixin
 from genvi.model.base._seeding import seeded
 from genvi.model.base._setup import as_key_list, setup_condition_fields
 from genvi.model.base._training import LatentPriorTrainingPlan
+from genvi.model.base._weight_average import add_ema_callback, check_ema_decay
 from genvi.nn import ConditionInputs
 
 # Diffusion / flow-matching objectives are noisy per step: train for a number of optimizer
@@ -66,6 +67,12 @@ class LatentPriorModel(
     """
 
     _module_cls: type
+    #: Decay of the weights' moving average under ``train(ema_decay="default")``, in runs of
+    #: at least ``_ema_min_steps`` optimizer steps: in shorter ones the average lags behind a
+    #: prior that still improves quickly (simulated data, issue #20: energy 1.00 -> 1.15 after
+    #: 120 steps; 0.27 -> 0.26 after 400, 0.16 -> 0.10 after 1,750).
+    _ema_decay: float | None = 0.999
+    _ema_min_steps: int = 400
     _cat_registry_key = GENVI_REGISTRY_KEYS.COND_CAT_KEY
     _cont_registry_key = GENVI_REGISTRY_KEYS.COND_CONT_KEY
 
@@ -207,6 +214,7 @@ class LatentPriorModel(
         plan_kwargs: dict | None = None,
         latent_batch_size: int | None = None,
         refit_dispersion: bool | str | None = None,
+        ema_decay: float | None | str = "default",
         **trainer_kwargs,
     ):
         """Train the prior on the base model's posterior latents of the registered cells.
@@ -244,9 +252,22 @@ class LatentPriorModel(
             and Kang (``benchmarks/dispersion_check.py``), so prefer it where the
             likelihoods matter. No effect for Poisson / Normal decoders or
             ``dispersion="gene-cell"``.
+        ema_decay
+            Keep an exponential moving average of the weights, updated after every optimizer
+            step with this decay (about the last ``1 / (1 - ema_decay)`` steps), and end
+            training with the average as the prior's weights (:class:`WeightEMA`; validation
+            during training uses it too). ``"default"``: 0.999 (the last ~1,000 steps of the
+            default ~10,000) in runs of at least 400 optimizer steps, else ``None``; shorter
+            runs still improve too quickly for an average to help. One step's weights follow
+            the noise of its minibatch of denoising targets; their average generated cells
+            closer to the real ones (issue #20; ``benchmarks/README.md``, latent_priors
+            section). ``None``: the last step's weights (the only behaviour before December 6
+            2026).
         **trainer_kwargs
-            Passed to Lightning's ``Trainer`` (``strategy``, ``enable_progress_bar``...).
+            Passed to Lightning's ``Trainer`` (``strategy``, ``enable_progress_bar``,
+            ``callbacks``...).
         """
+        check_ema_decay(ema_decay)
         loc, scale = self._adapter.latent_distribution(self.adata, batch_size=latent_batch_size)
         if not self.latent_stats_set_:
             self.module.set_latent_stats(torch.as_tensor(loc.mean(0)), torch.as_tensor(loc.std(0)))
@@ -255,10 +276,14 @@ class LatentPriorModel(
         data = LatentDataModule(
             loc, scale, cat, cont, train_size, batch_size, seed=scvi.settings.seed or 0
         )
+        steps_per_epoch = max(1, math.ceil(data.n_train / batch_size))
         if max_epochs is None:
-            steps_per_epoch = max(1, math.ceil(data.n_train / batch_size))
             max_epochs = int(
                 min(MAX_DEFAULT_EPOCHS, math.ceil(DEFAULT_TRAIN_STEPS / steps_per_epoch))
+            )
+        if ema_decay == "default":
+            ema_decay = (
+                self._ema_decay if max_epochs * steps_per_epoch >= self._ema_min_steps else None
             )
         if refit_dispersion not in (None, True, False, "checked"):
             raise ValueError(
@@ -275,6 +300,8 @@ class LatentPriorModel(
             self.dispersion_ = self._fit_dispersion(loc, scale, seed)
         plan = LatentPriorTrainingPlan(self.module, **(plan_kwargs or {}))
         trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        self._train_ema_decay = ema_decay  # what this training used (benchmarks record it)
+        add_ema_callback(trainer_kwargs, ema_decay)
         runner = TrainRunner(
             self,
             training_plan=plan,

@@ -8,7 +8,7 @@ from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from genvi.model.base._training import default_kl_warmup
-from genvi.model.base._weight_average import WeightEMA
+from genvi.model.base._weight_average import add_ema_callback, check_ema_decay
 
 
 class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
@@ -70,18 +70,13 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
         """
         if max_epochs is None:
             max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
-        if isinstance(ema_decay, str):
-            if ema_decay != "default":
-                raise ValueError(
-                    f"ema_decay must be a number in (0, 1), None or 'default', got {ema_decay!r}."
-                )
+        check_ema_decay(ema_decay)
+        if ema_decay == "default":
             ema_decay = self.default_ema_decay(
                 max_epochs, batch_size, kwargs.get("train_size"), kwargs.get("datamodule")
             )
         self._train_ema_decay = ema_decay  # what this training used (benchmarks record it)
-        if ema_decay is not None:
-            # first, so that the user's callbacks see the averaged weights at the end of training
-            kwargs["callbacks"] = [WeightEMA(ema_decay), *(kwargs.get("callbacks") or [])]
+        add_ema_callback(kwargs, ema_decay)
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("dispersion_lr_factor", self._dispersion_lr_factor)
         if "n_steps_kl_warmup" not in plan_kwargs:

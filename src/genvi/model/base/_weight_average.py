@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
@@ -59,3 +61,24 @@ class WeightEMA(WeightAveraging):
                 "pass ema_decay=None to train without averaging."
             )
         super().__init__(multi_avg_fn=RampedEMA(decay))
+
+
+def check_ema_decay(ema_decay: float | None | str) -> None:
+    """Refuse anything but a number in (0, 1), ``None`` or ``"default"``, before training."""
+    if ema_decay is None or ema_decay == "default":
+        return
+    if isinstance(ema_decay, str):
+        raise ValueError(
+            f"ema_decay must be a number in (0, 1), None or 'default', got {ema_decay!r}."
+        )
+    WeightEMA(ema_decay)  # its own range check, with the message users see from train()
+
+
+def add_ema_callback(trainer_kwargs: dict[str, Any], ema_decay: float | None) -> None:
+    """Put a :class:`WeightEMA` first among ``trainer_kwargs["callbacks"]`` (if a decay).
+
+    First, so that the user's own callbacks see the averaged weights when training ends.
+    """
+    if ema_decay is not None:
+        callbacks = trainer_kwargs.get("callbacks") or []
+        trainer_kwargs["callbacks"] = [WeightEMA(ema_decay), *callbacks]
