@@ -39,7 +39,11 @@ from genvi.model.base._novelty import NoveltyMixin
 from genvi.model.base._seeding import seeded
 from genvi.model.base._setup import as_key_list, setup_condition_fields
 from genvi.model.base._training import LatentPriorTrainingPlan
-from genvi.model.base._weight_average import add_ema_callback, check_ema_decay
+from genvi.model.base._weight_average import (
+    add_ema_callback,
+    check_ema_decay,
+    default_ema_decay_for,
+)
 from genvi.nn import ConditionInputs
 
 # Diffusion / flow-matching objectives are noisy per step: train for a number of optimizer
@@ -282,8 +286,8 @@ class LatentPriorModel(
                 min(MAX_DEFAULT_EPOCHS, math.ceil(DEFAULT_TRAIN_STEPS / steps_per_epoch))
             )
         if ema_decay == "default":
-            ema_decay = (
-                self._ema_decay if max_epochs * steps_per_epoch >= self._ema_min_steps else None
+            ema_decay = default_ema_decay_for(
+                self._ema_decay, self._ema_min_steps, max_epochs * steps_per_epoch
             )
         if refit_dispersion not in (None, True, False, "checked"):
             raise ValueError(

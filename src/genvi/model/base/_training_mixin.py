@@ -8,7 +8,11 @@ from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from genvi.model.base._training import default_kl_warmup
-from genvi.model.base._weight_average import add_ema_callback, check_ema_decay
+from genvi.model.base._weight_average import (
+    add_ema_callback,
+    check_ema_decay,
+    default_ema_decay_for,
+)
 
 
 class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
@@ -102,8 +106,8 @@ class KLWarmupTrainingMixin(UnsupervisedTrainingMixin):
         ``train_size`` of the cells, scvi-tools' 0.9 by default), else ``None``. A run on a
         user's ``datamodule`` counts as long enough.
         """
-        if self._ema_decay is None or self._ema_min_steps <= 0 or datamodule is not None:
-            return self._ema_decay
-        n_train = self.adata.n_obs * (0.9 if train_size is None else float(train_size))
-        steps = max_epochs * max(1, math.ceil(n_train / batch_size))
-        return self._ema_decay if steps >= self._ema_min_steps else None
+        steps = None
+        if datamodule is None:
+            n_train = self.adata.n_obs * (0.9 if train_size is None else float(train_size))
+            steps = max_epochs * max(1, math.ceil(n_train / batch_size))
+        return default_ema_decay_for(self._ema_decay, self._ema_min_steps, steps)

@@ -74,6 +74,18 @@ def check_ema_decay(ema_decay: float | None | str) -> None:
     WeightEMA(ema_decay)  # its own range check, with the message users see from train()
 
 
+def default_ema_decay_for(decay: float | None, min_steps: int, steps: int | None) -> float | None:
+    """A model's default ``decay`` for a run of ``steps`` optimizer steps.
+
+    ``None`` (no average) when the run is shorter than ``min_steps``: while a model still
+    improves quickly, the average lags behind it. ``steps=None`` (not known in advance, e.g.
+    a user's datamodule) counts as long enough.
+    """
+    if decay is None or steps is None or steps >= min_steps:
+        return decay
+    return None
+
+
 def add_ema_callback(trainer_kwargs: dict[str, Any], ema_decay: float | None) -> None:
     """Put a :class:`WeightEMA` first among ``trainer_kwargs["callbacks"]`` (if a decay).
 
