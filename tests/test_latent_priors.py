@@ -159,6 +159,16 @@ def test_generate_contract(name, priors):
     assert z.shape == (4, model.module.n_latent) and np.isfinite(z).all()
     lib = model.generate({"cell_type": "type_1"}, n_cells=3, library_size=500, seed=0)
     assert np.allclose(lib.obs["library_size"], 500)
+    # scVI's default ZINB: the counts' expected total is the library size less the inflated
+    # zeros' share of the decoder's mean (documented in ``generate``)
+    gen = model.generate({"cell_type": "type_1"}, n_cells=400, library_size=500, seed=1)
+    z = torch.as_tensor(gen.obsm["X_genvi_latent"])
+    log_lib = torch.full((len(z), 1), float(np.log(500)))
+    with torch.no_grad():
+        px = model._decode_with_inputs(z, log_lib, model._reference_inputs(np.zeros(len(z), int)))
+        expected = ((1 - torch.sigmoid(px.zi_logits)) * px.mu).sum(-1).mean().item()
+    total = float(np.asarray(gen.X.sum(1)).mean())
+    assert expected < 500 and abs(total / expected - 1) < 0.02
 
 
 def test_flow_temperature_scales_the_starting_noise(world, priors):

@@ -81,6 +81,11 @@ def test_generate_contract(sim, model_gaussian):
     assert (gen.X != other.X).nnz > 0
     fixed = model_gaussian.generate(conds[0], n_cells=5, library_size=1234.0, seed=0)
     assert np.allclose(fixed.obs["library_size"], 1234.0)
+    # NB: the library size is the counts' expected total (400 cells: its mean within 2%)
+    totals = np.asarray(
+        model_gaussian.generate(conds[0], n_cells=400, library_size=2000.0, seed=1).X.sum(1)
+    )
+    assert abs(totals.mean() / 2000.0 - 1) < 0.02
 
 
 def test_partial_conditions_marginalise_the_missing_key(sim, model_gaussian):

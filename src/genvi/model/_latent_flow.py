@@ -136,7 +136,11 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
 
             {ode_options}
         library_size
-            Total counts per cell; drawn from training cells of the condition by default.
+            Library size the counts are decoded with; drawn from training cells of the
+            condition by default. The decoder's mean sums to it; with a zero-inflated
+            (``"zinb"``) base, scVI's default, the counts' expected total is lower by the
+            inflated zeros' share (generated cells of a default scVI summed to 0.89 of it on
+            pbmc3k, 0.97 on Kang).
         batch
             Base-model batch to decode in; by default that of the matched training cells.
         seed

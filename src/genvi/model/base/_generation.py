@@ -201,8 +201,11 @@ class GenerationMixin:
         n_cells
             Cells per condition (an int, or one per condition).
         library_size
-            Total counts per generated cell. By default, drawn from the training cells of the
-            same condition (its specified categorical keys).
+            Library size each cell is decoded with: the decoder's mean is the cell's
+            expression proportions times it, so with NB and Poisson likelihoods the counts
+            total about this much, with ``"zinb"`` less by the inflated zeros' share. By
+            default, drawn from the training cells of the same condition (its specified
+            categorical keys).
         batch
             Batch category to decode in; by default, drawn with the library size from the
             matched training cells.
