@@ -2,14 +2,19 @@
 
 Same split and scoring as ``latent_priors.py`` (80/20 stratified by the condition, generated
 cells against the real held-out ones in a 50-PC space). One plain scVI (no conditions) and one
-``LatentFlow`` on it, defaults; the flow then decodes with three dispersions:
+``LatentFlow`` on it, defaults; the flow then decodes with five variants of scVI's decoder:
 
-- ``own``: the scVI model's trained ``px_r`` (``refit_dispersion=False``);
-- ``refit``: every gene's refitted by maximum likelihood on the registered cells (the default
-  on an scVI base, ``refit_dispersion=None`` or ``True``);
-- ``checked``: ``refit_dispersion="checked"``: the refit, fitted on the cells scVI trained on,
-  kept only in the gene bins (10, by mean count) where it raises the log-likelihood of scVI's
-  own validation cells.
+- ``own``: the scVI model's trained means and ``px_r`` (``refit_dispersion=False``);
+- ``refit``: every gene's dispersion refitted by maximum likelihood on the registered cells
+  around scVI's own means (the default on an scVI base until December 6 2026,
+  ``calibrate_mean=False``);
+- ``checked``: ``refit_dispersion="checked", calibrate_mean=False``: the refit, fitted on the
+  cells scVI trained on, kept only in the gene bins (10, by mean count) where it raises the
+  log-likelihood of scVI's own validation cells;
+- ``calibrated``: each gene's decoded mean multiplied by the factor that matches its observed
+  total over the registered cells, the dispersion refitted around it (the default,
+  ``calibrate_mean=True``);
+- ``checked_calibrated``: both checked (``refit_dispersion="checked"``).
 
 Each is scored by the held-out cells' log-likelihood per cell (one posterior draw per cell,
 their own library sizes), by the generated cells (energy, classifier AUROC, variance R²,
@@ -72,9 +77,11 @@ TAGS = [
     ("trained pp", "trained_posterior_predictive"),
 ]
 VARIANTS = {
-    "own": "scVI's own dispersion (refit_dispersion=False)",
-    "refit": "every gene refitted (default, refit_dispersion=True)",
-    "checked": "refit kept where scVI's validation cells prefer it ('checked')",
+    "own": "scVI's own means and dispersion (refit_dispersion=False)",
+    "refit": "every gene's dispersion refitted, scVI's own means (calibrate_mean=False)",
+    "checked": "refit kept where scVI's validation cells prefer it ('checked', own means)",
+    "calibrated": "means calibrated, dispersion refitted (default)",
+    "checked_calibrated": "means calibrated and dispersion refitted, both checked ('checked')",
 }
 
 
@@ -102,25 +109,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def held_out_log_lik(flow, cells, thetas: dict, seed: int) -> dict[str, float]:
-    """Log-likelihood per cell of ``cells`` under the base decoder with each of ``thetas``."""
+def held_out_log_lik(flow, cells, decodings: dict, seed: int) -> dict[str, float]:
+    """Log-likelihood per cell of ``cells`` under the base decoder with each decoding.
+
+    A decoding is ``(mean factors, inverse dispersion)``, ``None`` for the base's own.
+    """
     from genvi.model.base._dispersion import _gene_log_lik
 
     adapter = flow._adapter
     loc, scale = adapter.latent_distribution(cells)
     library = np.maximum(np.asarray(cells.X.sum(1)).ravel(), 1.0)
     own = np.exp(adapter.log_dispersion.numpy())
-    tables = [own if t is None else t for t in thetas.values()]
     inputs = adapter.decoder_inputs(cells)
-    ll = _gene_log_lik(adapter, loc, scale, cells.X, library, inputs, tables, seed)
-    return {name: float(row.sum() / cells.n_obs) for name, row in zip(thetas, ll, strict=True)}
+    out = {}
+    for name, (factor, theta) in decodings.items():
+        table = own if theta is None else theta
+        ll = _gene_log_lik(
+            adapter, loc, scale, cells.X, library, inputs, [table], seed, mean_scales=[factor]
+        )
+        out[name] = float(ll.sum() / cells.n_obs)
+    return out
 
 
 def _same(a, b) -> bool:
-    """Whether two inverse-dispersion tables (``None``: the base's own) are identical."""
-    if a is None or b is None:
-        return a is None and b is None
-    return np.array_equal(np.asarray(a), np.asarray(b))
+    """Whether two decodings ``(mean factors, dispersion)`` (``None``: the base's own) match."""
+
+    def equal(x, y):
+        if x is None or y is None:
+            return x is None and y is None
+        return np.array_equal(np.asarray(x), np.asarray(y))
+
+    return all(equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def score_draws(draws: list, test, keys, space, seed: int) -> dict[str, dict[str, Any]]:
@@ -187,19 +206,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train, test, _, n_cells, space = held_out_split(adata, keys, args.seed)
     flow = models(args, train, keys)
     loc, scale = flow._adapter.latent_distribution(flow.adata)
-    checked, report = flow._checked_dispersion(loc, scale, args.seed)
-    thetas = {"own": None, "refit": flow._fit_dispersion(loc, scale, args.seed), "checked": checked}
+    decodings = {"own": (None, None)}
+    flow.mean_scale_ = None
+    _, checked, report = flow._checked_dispersion(loc, scale, args.seed, calibrate_mean=False)
+    decodings["refit"] = (None, flow._fit_dispersion(loc, scale, args.seed))
+    decodings["checked"] = (None, checked)
+    flow.mean_scale_ = flow._fit_mean_scale(loc, scale, args.seed)
+    decodings["calibrated"] = (flow.mean_scale_, flow._fit_dispersion(loc, scale, args.seed))
+    factor, checked, report_calibrated = flow._checked_dispersion(loc, scale, args.seed)
+    decodings["checked_calibrated"] = (factor, checked)
 
-    log_lik = held_out_log_lik(flow, test, thetas, args.seed)
+    log_lik = held_out_log_lik(flow, test, decodings, args.seed)
     draw_seeds = [args.seed + 1000 * k for k in range(args.draws)]
     # cells the models trained on, as many per condition as it has held-out cells: decoded
     # from their own posterior draws they show what the decoder gives a prior that matched
     # its training latents exactly
     seen = resample_training(flow.adata, keys, n_cells, args.seed)
     results = {}
-    for name, theta in thetas.items():
+    for name, decoding in decodings.items():
         row: dict[str, Any] = {"held_out_log_lik": log_lik[name]}
-        same = next((k for k, t in thetas.items() if k in results and _same(t, theta)), None)
+        same = next((k for k, t in decodings.items() if k in results and _same(t, decoding)), None)
         if same is not None:  # e.g. the check kept scVI's own everywhere: same cells
             results[name] = {**results[same], "held_out_log_lik": log_lik[name]}
             continue
@@ -209,7 +235,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("trained_posterior_predictive", lambda s: posterior_predictive(flow, seen, keys, s)),
         ):
             row[tag] = score_draws(
-                [with_dispersion(flow, theta, lambda s=s, make=make: make(s)) for s in draw_seeds],
+                [
+                    with_dispersion(flow, decoding, lambda s=s, make=make: make(s))
+                    for s in draw_seeds
+                ],
                 test,
                 keys,
                 space,
@@ -230,8 +259,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     title = f"LatentFlow on a plain scVI, {dataset}, {args.max_epochs} epochs, seed {args.seed}"
     print(f"\n## {title}\n")
     print(markdown_table(header, rows))
-    kept = sum(report.get("refitted", []))
-    print(f"\nchecked refit kept in {kept} of {len(report.get('refitted', []))} gene bins")
+    for name, rep in (
+        ("checked refit", report or {}),
+        ("checked_calibrated refit", report_calibrated or {}),
+    ):
+        kept = sum(rep.get("refitted", []))
+        print(f"\n{name} kept in {kept} of {len(rep.get('refitted', []))} gene bins")
+    scale_report = (report_calibrated or {}).get("mean_scale", {})
+    kept = sum(scale_report.get("refitted", []))
+    print(f"checked mean factors kept in {kept} of {len(scale_report.get('refitted', []))} bins")
     payload = {
         "benchmark": "dispersion_check",
         "dataset": dataset,
@@ -247,6 +283,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "variants": VARIANTS,
         "results": results,
         "check_report": report,
+        "check_report_calibrated": report_calibrated,
+        "mean_scale_quantiles": {
+            q: float(np.quantile(decodings["calibrated"][0], q / 100)) for q in (1, 10, 50, 90, 99)
+        },
         "machine": machine_info(),
     }
     print(f"\nwrote {write_json(payload, args.out)}")

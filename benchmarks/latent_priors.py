@@ -88,12 +88,12 @@ METHODS = {
     "scvi_flow": "LatentFlow on scVI (no conditions)",
     "priorvi_diffusion": "LatentDiffusion on PriorVI",
     "priorvi_flow": "LatentFlow on PriorVI",
-    "scvi_flow_own_disp": "LatentFlow on scVI, scVI's own dispersion (refit off)",
-    "priorvi_flow_refit": "LatentFlow on PriorVI, refitted dispersion (refit on)",
+    "scvi_flow_own_disp": "LatentFlow on scVI, scVI's own means and dispersion (refit off)",
+    "priorvi_flow_refit": "LatentFlow on PriorVI, calibrated means, refitted dispersion (refit on)",
     "scvi_postpred": "scVI posterior predictive (held-out cells encoded, decoded)",
-    "scvi_postpred_refit": "scVI posterior predictive, refitted dispersion",
+    "scvi_postpred_refit": "scVI posterior predictive, calibrated means, refitted dispersion",
     "priorvi_postpred": "PriorVI posterior predictive",
-    "priorvi_postpred_refit": "PriorVI posterior predictive, refitted dispersion",
+    "priorvi_postpred_refit": "PriorVI posterior predictive, calibrated means, refitted dispersion",
     "priorvi": "PriorVI (conditional Gaussian prior)",
     "scvi_cond": "scVI (N(0, I), condition in decoder)",
     "resample": "Resampled training cells",
@@ -227,21 +227,37 @@ def generate(model, keys, n_cells, seed, **kwargs) -> ad.AnnData:
 
 
 def dispersions(model, seed: int) -> dict[str, Any]:
-    """The base model's own dispersion (``None``) and the refitted one, as ``train`` fits it."""
-    refit = model.dispersion_
-    if refit is None:
-        refit = model._fit_dispersion(*model._adapter.latent_distribution(model.adata), seed)
-    return {"own": None, "refit": refit}
+    """The base decoder as it is and as ``train`` refits it: ``(mean factors, dispersion)``.
+
+    ``"own"`` is ``(None, None)``; ``"refit"`` the calibrated means and the dispersion fitted
+    around them (``None`` where the decoder has no dispersion to refit).
+    """
+    if model.dispersion_ is not None:
+        return {
+            "own": (None, None),
+            "refit": (getattr(model, "mean_scale_", None), model.dispersion_),
+        }
+    loc, scale = model._adapter.latent_distribution(model.adata)
+    saved = getattr(model, "mean_scale_", None)
+    try:
+        model.mean_scale_ = model._fit_mean_scale(loc, scale, seed)
+        refit = (model.mean_scale_, model._fit_dispersion(loc, scale, seed))
+    finally:
+        model.mean_scale_ = saved
+    return {"own": (None, None), "refit": None if refit[1] is None else refit}
 
 
-def with_dispersion(model, theta, fn):
-    """``fn()`` with the latent prior decoding with inverse dispersion ``theta``."""
-    saved = model.dispersion_
-    model.dispersion_ = theta
+def with_dispersion(model, decoding, fn):
+    """``fn()`` with the latent prior decoding with ``decoding``: ``(mean factors, theta)``.
+
+    ``(None, None)`` is the base decoder as it is.
+    """
+    saved = (getattr(model, "mean_scale_", None), model.dispersion_)
+    model.mean_scale_, model.dispersion_ = decoding
     try:
         return fn()
     finally:
-        model.dispersion_ = saved
+        model.mean_scale_, model.dispersion_ = saved
 
 
 def posterior_predictive(model, test: ad.AnnData, keys, seed: int) -> ad.AnnData:
@@ -386,8 +402,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cls=cls,
             )
             makers[key] = lambda s, m=models[key]: generate(m, keys, n_cells, s)
-        # the default decodes scVI with a refitted dispersion, PriorVI with its own: the
-        # other choice, and the posterior predictive (cells' own latents) with both
+        # the default decodes scVI with calibrated means and a refitted dispersion, PriorVI
+        # with its own: the other choice, and the posterior predictive (cells' own latents)
+        # with both
         flow = models[f"{base_name}_flow"]
         disp = dispersions(flow, args.seed)
         # no refit where the decoder predicts each cell's dispersion ("gene-cell"): its rows

@@ -159,8 +159,9 @@ def test_generate_contract(name, priors):
     assert z.shape == (4, model.module.n_latent) and np.isfinite(z).all()
     lib = model.generate({"cell_type": "type_1"}, n_cells=3, library_size=500, seed=0)
     assert np.allclose(lib.obs["library_size"], 500)
-    # scVI's default ZINB: the counts' expected total is the library size less the inflated
-    # zeros' share of the decoder's mean (documented in ``generate``)
+    # scVI's default ZINB with the calibrated means (``mean_scale_``, the default): the counts'
+    # expected total is about the library size (documented in ``generate``; the shortfall of
+    # scVI's own means is tested in test_dispersion_check.py)
     gen = model.generate({"cell_type": "type_1"}, n_cells=400, library_size=500, seed=1)
     z = torch.as_tensor(gen.obsm["X_genvi_latent"])
     log_lib = torch.full((len(z), 1), float(np.log(500)))
@@ -168,7 +169,8 @@ def test_generate_contract(name, priors):
         px = model._decode_with_inputs(z, log_lib, model._reference_inputs(np.zeros(len(z), int)))
         expected = ((1 - torch.sigmoid(px.zi_logits)) * px.mu).sum(-1).mean().item()
     total = float(np.asarray(gen.X.sum(1)).mean())
-    assert expected < 500 and abs(total / expected - 1) < 0.02
+    assert model.mean_scale_ is not None and abs(expected / 500 - 1) < 0.05
+    assert abs(total / expected - 1) < 0.02
 
 
 def test_flow_temperature_scales_the_starting_noise(world, priors):
@@ -300,7 +302,8 @@ def test_flow_on_priorvi_scores_unseen_type(sim, sim_split):
         LatentFlow.from_model(base, condition_keys=["treatment"], n_hidden=128),
         max_epochs=LATENT_EPOCHS,
     )
-    assert flow.dispersion_ is None  # PriorVI learns its own dispersion: not refitted by default
+    # PriorVI learns its own dispersion: neither it nor the means are refitted by default
+    assert flow.dispersion_ is None and flow.mean_scale_ is None
     gen = flow.generate({"treatment": "treated"}, 20, seed=0)
     assert gen.uns["genvi"]["base_model"] == "genvi.model.PriorVI"
     assert np.all(gen.X.data == np.round(gen.X.data))
@@ -408,7 +411,7 @@ def test_refit_dispersion_gives_generated_cells_the_true_variance(tmp_path):
         models[refit] = quiet_train(
             model, max_epochs=150, refit_dispersion=None if refit else False
         )
-    assert models[False].dispersion_ is None
+    assert models[False].dispersion_ is None and models[False].mean_scale_ is None
     # the refit draws from its own generator: the prior trains exactly as without it
     refit_state = models[True].module.state_dict()
     for k, v in models[False].module.state_dict().items():
@@ -431,3 +434,4 @@ def test_refit_dispersion_gives_generated_cells_the_true_variance(tmp_path):
     models[True].save(tmp_path / "flow")
     loaded = LatentFlow.load(tmp_path / "flow", adata=base.adata)
     np.testing.assert_array_equal(loaded.dispersion_, theta)
+    np.testing.assert_array_equal(loaded.mean_scale_, models[True].mean_scale_)

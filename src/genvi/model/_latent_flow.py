@@ -137,10 +137,11 @@ class LatentFlow(LikelihoodMixin, LatentPriorModel):
             {ode_options}
         library_size
             Library size the counts are decoded with; drawn from training cells of the
-            condition by default. The decoder's mean sums to it; with a zero-inflated
-            (``"zinb"``) base, scVI's default, the counts' expected total is lower by the
-            inflated zeros' share (generated cells of a default scVI summed to 0.89 of it on
-            pbmc3k, 0.97 on Kang).
+            condition by default. The base decoder's mean sums to it; with a zero-inflated
+            (``"zinb"``) base, scVI's default, the counts would total less by the inflated
+            zeros' share (0.89 of it on pbmc3k, 0.97 on Kang), which the means calibrated by
+            ``train`` (``mean_scale_``) make up: generated cells of a default scVI then summed
+            to 0.996 of it on pbmc3k and 0.999 on Kang.
         batch
             Base-model batch to decode in; by default that of the matched training cells.
         seed
