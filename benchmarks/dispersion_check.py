@@ -30,6 +30,8 @@ with the generation seed alone. Run from the repository root::
     python benchmarks/dispersion_check.py --dataset kang --max-epochs 400 --seed 1 --threads 1
     python benchmarks/dispersion_check.py --dataset kang --max-epochs 400 --draws 5 --threads 1
 
+``--latent diffusion`` scores a LatentDiffusion instead (defaults; on the same scVI as the
+folder's LatentFlow where ``--model-dir`` holds one).
 ``--model-dir DIR`` saves the trained scVI + LatentFlow there and reuses them on a later run
 (training is deterministic at a given seed, so a reused pair equals a retrained one).
 """
@@ -98,13 +100,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="independent generations / posterior-predictive draws scored per dispersion (the "
         "first at --seed, the others at --seed + 1000 k); the table gives their mean",
     )
+    parser.add_argument(
+        "--latent",
+        default="flow",
+        choices=["flow", "diffusion"],
+        help="the latent prior on the scVI: LatentFlow (default) or LatentDiffusion",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error(f"--draws must be at least 1, got {args.draws}")
     if args.out is None:
         draws = "" if args.draws == 1 else f"_{args.draws}draws"
-        name = f"dispersion_check_{args.dataset}_{args.max_epochs}ep_s{args.seed}{draws}.json"
+        prior = "" if args.latent == "flow" else f"_{args.latent}"
+        name = (
+            f"dispersion_check_{args.dataset}_{args.max_epochs}ep_s{args.seed}{draws}{prior}.json"
+        )
         args.out = RESULTS_DIR / name
     return args
 
@@ -176,20 +187,29 @@ def score_draws(draws: list, test, keys, space, seed: int) -> dict[str, dict[str
 
 
 def models(args, train, keys):
-    """The plain scVI and the LatentFlow on it: trained, or loaded from ``--model-dir``."""
+    """The latent prior (``--latent``) on a plain scVI: trained, or loaded from ``--model-dir``.
+
+    A LatentDiffusion without a saved one of its own is trained on the scVI base of the
+    folder's LatentFlow where there is one, so that both priors share their base model.
+    """
     import scvi
 
-    from genvi.model import LatentFlow
+    from genvi.model import LatentDiffusion, LatentFlow
 
-    flow_dir = None if args.model_dir is None else args.model_dir / "flow"
-    if flow_dir is not None and flow_dir.exists():
-        return LatentFlow.load(flow_dir, adata=train.copy())
-    base, _ = train_plain_scvi(train, args.max_epochs, args.seed)
+    cls = {"flow": LatentFlow, "diffusion": LatentDiffusion}[args.latent]
+    root = args.model_dir
+    prior_dir = None if root is None else root / args.latent
+    if prior_dir is not None and prior_dir.exists():
+        return cls.load(prior_dir, adata=train.copy())
+    if root is not None and args.latent != "flow" and (root / "flow").exists():
+        base = LatentFlow.load(root / "flow", adata=train.copy()).base_model
+    else:
+        base, _ = train_plain_scvi(train, args.max_epochs, args.seed)
     scvi.settings.seed = args.seed
-    flow, _ = train_latent(LatentFlow, base, keys, None, args.seed)
-    if flow_dir is not None:
-        flow.save(flow_dir, overwrite=True)
-    return flow
+    prior, _ = train_latent(cls, base, keys, None, args.seed)
+    if prior_dir is not None:
+        prior.save(prior_dir, overwrite=True)
+    return prior
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -204,24 +224,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         set_threads(args.threads)
     train, test, _, n_cells, space = held_out_split(adata, keys, args.seed)
-    flow = models(args, train, keys)
-    loc, scale = flow._adapter.latent_distribution(flow.adata)
+    prior = models(args, train, keys)
+    loc, scale = prior._adapter.latent_distribution(prior.adata)
     decodings = {"own": (None, None)}
-    flow.mean_scale_ = None
-    _, checked, report = flow._checked_dispersion(loc, scale, args.seed, calibrate_mean=False)
-    decodings["refit"] = (None, flow._fit_dispersion(loc, scale, args.seed))
+    prior.mean_scale_ = None
+    _, checked, report = prior._checked_dispersion(loc, scale, args.seed, calibrate_mean=False)
+    decodings["refit"] = (None, prior._fit_dispersion(loc, scale, args.seed))
     decodings["checked"] = (None, checked)
-    flow.mean_scale_ = flow._fit_mean_scale(loc, scale, args.seed)
-    decodings["calibrated"] = (flow.mean_scale_, flow._fit_dispersion(loc, scale, args.seed))
-    factor, checked, report_calibrated = flow._checked_dispersion(loc, scale, args.seed)
+    prior.mean_scale_ = prior._fit_mean_scale(loc, scale, args.seed)
+    decodings["calibrated"] = (prior.mean_scale_, prior._fit_dispersion(loc, scale, args.seed))
+    factor, checked, report_calibrated = prior._checked_dispersion(loc, scale, args.seed)
     decodings["checked_calibrated"] = (factor, checked)
 
-    log_lik = held_out_log_lik(flow, test, decodings, args.seed)
+    log_lik = held_out_log_lik(prior, test, decodings, args.seed)
     draw_seeds = [args.seed + 1000 * k for k in range(args.draws)]
     # cells the models trained on, as many per condition as it has held-out cells: decoded
     # from their own posterior draws they show what the decoder gives a prior that matched
     # its training latents exactly
-    seen = resample_training(flow.adata, keys, n_cells, args.seed)
+    seen = resample_training(prior.adata, keys, n_cells, args.seed)
     results = {}
     for name, decoding in decodings.items():
         row: dict[str, Any] = {"held_out_log_lik": log_lik[name]}
@@ -230,13 +250,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[name] = {**results[same], "held_out_log_lik": log_lik[name]}
             continue
         for tag, make in (
-            ("generated", lambda s: generate(flow, keys, n_cells, s)),
-            ("posterior_predictive", lambda s: posterior_predictive(flow, test, keys, s)),
-            ("trained_posterior_predictive", lambda s: posterior_predictive(flow, seen, keys, s)),
+            ("generated", lambda s: generate(prior, keys, n_cells, s)),
+            ("posterior_predictive", lambda s: posterior_predictive(prior, test, keys, s)),
+            ("trained_posterior_predictive", lambda s: posterior_predictive(prior, seen, keys, s)),
         ):
             row[tag] = score_draws(
                 [
-                    with_dispersion(flow, decoding, lambda s=s, make=make: make(s))
+                    with_dispersion(prior, decoding, lambda s=s, make=make: make(s))
                     for s in draw_seeds
                 ],
                 test,
@@ -256,7 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + [r[tag][m][stat] for _, tag in TAGS for m in METRICS[:2]]
         for k, r in results.items()
     ]
-    title = f"LatentFlow on a plain scVI, {dataset}, {args.max_epochs} epochs, seed {args.seed}"
+    title = (
+        f"{type(prior).__name__} on a plain scVI, {dataset}, {args.max_epochs} epochs, "
+        f"seed {args.seed}"
+    )
     print(f"\n## {title}\n")
     print(markdown_table(header, rows))
     for name, rep in (
@@ -279,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "torch_threads": args.threads,
             "n_train": train.n_obs,
             "n_test": test.n_obs,
+            "latent_prior": type(prior).__name__,
         },
         "variants": VARIANTS,
         "results": results,

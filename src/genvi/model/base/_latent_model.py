@@ -283,9 +283,10 @@ class LatentPriorModel(
             FTL 34-36 % short on pbmc3k after 400 epochs). With LatentFlow on four scVI
             models (pbmc3k and Kang, 400 epochs, two seeds, five generations each;
             ``benchmarks/dispersion_check.py``) it lowered the generated cells' classifier
-            AUROC (mean 0.597 -> 0.579) and energy and raised their variance R² on 4 of 4,
-            and raised the held-out likelihood on 4 of 4 (issue #20). ``False``: the
-            decoder's own means (the only behaviour until December 6 2026).
+            AUROC (mean 0.597 -> 0.579; LatentDiffusion 0.606 -> 0.580) and energy and
+            raised their variance R² on 4 of 4, and raised the held-out likelihood on 4 of 4
+            (issue #20). ``False``: the decoder's own means (the only behaviour until
+            December 6 2026).
         **trainer_kwargs
             Passed to Lightning's ``Trainer`` (``strategy``, ``enable_progress_bar``,
             ``callbacks``...).
