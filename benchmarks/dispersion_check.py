@@ -227,12 +227,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prior = models(args, train, keys)
     loc, scale = prior._adapter.latent_distribution(prior.adata)
     decodings = {"own": (None, None)}
-    prior.mean_scale_ = None
     _, checked, report = prior._checked_dispersion(loc, scale, args.seed, calibrate_mean=False)
     decodings["refit"] = (None, prior._fit_dispersion(loc, scale, args.seed))
     decodings["checked"] = (None, checked)
-    prior.mean_scale_ = prior._fit_mean_scale(loc, scale, args.seed)
-    decodings["calibrated"] = (prior.mean_scale_, prior._fit_dispersion(loc, scale, args.seed))
+    factor = prior._fit_mean_scale(loc, scale, args.seed)
+    decodings["calibrated"] = (factor, prior._fit_dispersion(loc, scale, args.seed, factor))
     factor, checked, report_calibrated = prior._checked_dispersion(loc, scale, args.seed)
     decodings["checked_calibrated"] = (factor, checked)
 

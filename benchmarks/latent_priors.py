@@ -238,12 +238,8 @@ def dispersions(model, seed: int) -> dict[str, Any]:
             "refit": (getattr(model, "mean_scale_", None), model.dispersion_),
         }
     loc, scale = model._adapter.latent_distribution(model.adata)
-    saved = getattr(model, "mean_scale_", None)
-    try:
-        model.mean_scale_ = model._fit_mean_scale(loc, scale, seed)
-        refit = (model.mean_scale_, model._fit_dispersion(loc, scale, seed))
-    finally:
-        model.mean_scale_ = saved
+    factor = model._fit_mean_scale(loc, scale, seed)
+    refit = (factor, model._fit_dispersion(loc, scale, seed, factor))
     return {"own": (None, None), "refit": None if refit[1] is None else refit}
 
 

@@ -193,6 +193,9 @@ def test_train_options_of_the_mean_factors():
     assert report["n_held_out_cells"] == 120 and len(report["refitted"]) == 10
     kept = model.mean_scale_ is not None
     assert kept == any(report["refitted"])
+    if kept:  # 4 genes per bin: the bins that did not keep the factors decode with 1
+        n_dropped = 4 * (10 - sum(report["refitted"]))
+        assert int((model.mean_scale_ == 1.0).sum()) == n_dropped, report
     model.train(max_epochs=1, enable_progress_bar=False, calibrate_mean=False)
     assert model.mean_scale_ is None and model.dispersion_ is not None
     model.train(max_epochs=1, enable_progress_bar=False, refit_dispersion=False)

@@ -103,14 +103,8 @@ def fit_dispersion(
     own = adapter.log_dispersion
     if adapter.gene_likelihood not in ("nb", "zinb") or own is None:
         return None
-    rng = np.random.default_rng(seed)
-    idx = np.arange(len(loc))
-    if len(idx) > n_cells:
-        idx = np.sort(rng.choice(idx, n_cells, replace=False))
-    z = _posterior_draw(loc[idx], scale[idx], seed)
+    idx, z, lib, inputs = _draw_cells(loc, scale, library, decoder_inputs, n_cells, seed)
     x_all = counts[idx]
-    lib = np.log(library[idx]).astype(np.float32)
-    inputs = {k: v[idx] for k, v in decoder_inputs.items()}
     n_groups = own.shape[1]
     group = torch.as_tensor(inputs["batch"]).long().reshape(-1)
     if n_groups == 1:
@@ -181,27 +175,15 @@ def fit_mean_scale(
     """
     if adapter.gene_likelihood not in ("nb", "zinb") or adapter.log_dispersion is None:
         return None
-    rng = np.random.default_rng(seed)
-    idx = np.arange(len(loc))
-    if len(idx) > n_cells:
-        idx = np.sort(rng.choice(idx, n_cells, replace=False))
-    z = _posterior_draw(loc[idx], scale[idx], seed)
-    lib = np.log(library[idx]).astype(np.float32)
-    inputs = _take(decoder_inputs, idx)
-    dev = adapter.device
+    idx, z, lib, inputs = _draw_cells(loc, scale, library, decoder_inputs, n_cells, seed)
     expected = torch.zeros(counts.shape[1], dtype=torch.float64)
-    with torch.no_grad():
-        for start in range(0, len(idx), batch_size):
-            sl = slice(start, start + batch_size)
-            px = adapter.decode(
-                z[sl].to(dev),
-                torch.as_tensor(lib[sl], device=dev).unsqueeze(-1),
-                {k: torch.as_tensor(v[sl], device=dev) for k, v in inputs.items()},
-            )
-            mean = px.mu
-            if isinstance(px, ZeroInflatedNegativeBinomial):
-                mean = mean * torch.sigmoid(-px.zi_logits)
-            expected += mean.sum(0).double().cpu()
+    # summed batch by batch: all genes of all cells at once would not fit in memory
+    for start in range(0, len(idx), batch_size):
+        px = _decode_batch(adapter, z, lib, inputs, slice(start, start + batch_size))
+        mean = px.mu
+        if isinstance(px, ZeroInflatedNegativeBinomial):
+            mean = mean * torch.sigmoid(-px.zi_logits)
+        expected += mean.sum(0).double().cpu()
     observed = np.asarray(counts[idx].sum(0), dtype=np.float64).ravel()
     factor = (observed + pseudo_count) / (expected.numpy() + pseudo_count)
     return factor.astype(np.float32)
@@ -263,26 +245,15 @@ def checked_dispersion(
     has none to refit); and a report: the bins' upper mean-count edges, the change of the
     held-out log-likelihood per cell in each bin and whether the bin kept the refit.
     """
-    held_out = np.asarray(held_out, dtype=bool)
-    fit_idx, check_idx = np.flatnonzero(~held_out), np.flatnonzero(held_out)
-
-    def subset(idx):
-        return loc[idx], scale[idx], counts[idx], library[idx], _take(decoder_inputs, idx)
-
-    refit = fit_dispersion(
-        adapter, *subset(fit_idx), n_cells=n_cells, seed=seed, mean_scale=mean_scale
+    fit, check = _split_held_out(
+        loc, scale, counts, library, decoder_inputs, held_out, n_cells, seed
     )
+    refit = fit_dispersion(adapter, *fit, n_cells=n_cells, seed=seed, mean_scale=mean_scale)
     if refit is None:
         return None, {}
-    check_idx = _check_cells(check_idx, n_cells, seed)
     own = torch.exp(adapter.log_dispersion).numpy()
-    args = (adapter, *subset(check_idx))
-    ll_refit, ll_own = _gene_log_lik(*args, [refit, own], seed, mean_scales=[mean_scale])
-    bins, report = _bin_gains(ll_refit - ll_own, counts[check_idx], n_bins)
-    theta = own.copy()
-    for genes, keep in zip(bins, report["refitted"], strict=True):
-        if keep:
-            theta[genes] = refit[genes]
+    ll_refit, ll_own = _gene_log_lik(adapter, *check, [refit, own], seed, mean_scales=[mean_scale])
+    theta, report = _keep_by_bin(ll_refit - ll_own, check[2], n_bins, refit, own.copy())
     return (theta if any(report["refitted"]) else None), report
 
 
@@ -312,38 +283,41 @@ def checked_mean_scale(
     bins' upper mean-count edges, the change of the held-out log-likelihood per cell in each
     bin and whether the bin kept the factors (``"refitted"``).
     """
+    fit, check = _split_held_out(
+        loc, scale, counts, library, decoder_inputs, held_out, n_cells, seed
+    )
+    factor = fit_mean_scale(adapter, *fit, seed=seed)
+    if factor is None:
+        return None, {}
+    own = torch.exp(adapter.log_dispersion).numpy()
+    ll = _gene_log_lik(adapter, *check, [own], seed, mean_scales=[factor, None])
+    kept, report = _keep_by_bin(ll[0] - ll[1], check[2], n_bins, factor, np.ones_like(factor))
+    return (kept if any(report["refitted"]) else None), report
+
+
+def _split_held_out(loc, scale, counts, library, decoder_inputs, held_out, n_cells, seed):
+    """The cells the base trained on, and at most ``n_cells`` held-out ones to score with.
+
+    Each as ``(loc, scale, counts, library, inputs)``; the held-out subset is seeded.
+    """
     held_out = np.asarray(held_out, dtype=bool)
-    fit_idx = np.flatnonzero(~held_out)
-    check_idx = _check_cells(np.flatnonzero(held_out), n_cells, seed)
+    check_idx = np.flatnonzero(held_out)
+    if len(check_idx) > n_cells:
+        rng = np.random.default_rng(seed + 1)
+        check_idx = np.sort(rng.choice(check_idx, n_cells, replace=False))
 
     def subset(idx):
         return loc[idx], scale[idx], counts[idx], library[idx], _take(decoder_inputs, idx)
 
-    factor = fit_mean_scale(adapter, *subset(fit_idx), seed=seed)
-    if factor is None:
-        return None, {}
-    own = torch.exp(adapter.log_dispersion).numpy()
-    ll = _gene_log_lik(adapter, *subset(check_idx), [own], seed, mean_scales=[factor, None])
-    bins, report = _bin_gains(ll[0] - ll[1], counts[check_idx], n_bins)
-    kept = np.ones_like(factor)
-    for genes, keep in zip(bins, report["refitted"], strict=True):
-        if keep:
-            kept[genes] = factor[genes]
-    return (kept if any(report["refitted"]) else None), report
+    return subset(np.flatnonzero(~held_out)), subset(check_idx)
 
 
-def _check_cells(idx: np.ndarray, n_cells: int, seed: int) -> np.ndarray:
-    """At most ``n_cells`` of the held-out cells ``idx`` (a seeded subset) to score with."""
-    if len(idx) > n_cells:
-        rng = np.random.default_rng(seed + 1)
-        idx = np.sort(rng.choice(idx, n_cells, replace=False))
-    return idx
+def _keep_by_bin(gain: np.ndarray, counts, n_bins: int, candidate, fallback):
+    """``fallback`` with ``candidate``'s rows in the gene bins where ``gain`` is positive.
 
-
-def _bin_gains(gain: np.ndarray, counts, n_bins: int) -> tuple[list[np.ndarray], dict]:
-    """Genes in ``n_bins`` equal bins by mean count, and each bin's summed ``gain`` per cell.
-
-    A bin keeps (``"refitted"``) what ``gain`` scores where the gain is positive.
+    Genes are grouped in ``n_bins`` equal bins by mean count; a bin keeps the candidate
+    (``"refitted"``) where its summed ``gain`` is positive. Returns the merged table and the
+    report (bins' upper mean-count edges, gain per cell, whether each bin kept it).
     """
     n_cells = counts.shape[0]
     mean = np.asarray(counts.mean(0)).ravel()
@@ -356,7 +330,9 @@ def _bin_gains(gain: np.ndarray, counts, n_bins: int) -> tuple[list[np.ndarray],
         report["upper_mean"].append(float(mean[genes].max()))
         report["gain_per_cell"].append(bin_gain)
         report["refitted"].append(bin_gain > 0)
-    return bins, report
+        if bin_gain > 0:
+            fallback[genes] = candidate[genes]
+    return fallback, report
 
 
 def _take(inputs: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -368,6 +344,30 @@ def _posterior_draw(loc, scale, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     eps = torch.randn(np.shape(loc), generator=gen)
     return torch.as_tensor(loc) + torch.as_tensor(scale) * eps
+
+
+def _draw_cells(loc, scale, library, decoder_inputs, n_cells: int, seed: int):
+    """At most ``n_cells`` cells (a seeded subset) with one posterior draw each.
+
+    Returns their indices, latents, log library sizes and decoder inputs.
+    """
+    idx = np.arange(len(loc))
+    if len(idx) > n_cells:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, n_cells, replace=False))
+    z = _posterior_draw(loc[idx], scale[idx], seed)
+    lib = np.log(library[idx]).astype(np.float32)
+    return idx, z, lib, _take(decoder_inputs, idx)
+
+
+def _decode_batch(adapter, z, lib, inputs, sl: slice) -> Distribution:
+    """The frozen decoder's distribution for the cells ``sl`` (no gradients)."""
+    dev = adapter.device
+    with torch.no_grad():
+        return adapter.decode(
+            z[sl].to(dev),
+            torch.as_tensor(lib[sl], device=dev).unsqueeze(-1),
+            {k: torch.as_tensor(v[sl], device=dev) for k, v in inputs.items()},
+        )
 
 
 def _gene_log_lik(
@@ -460,19 +460,12 @@ def _dense(x) -> torch.Tensor:
 
 def _decoded_chunk(adapter, z, lib, inputs, genes, batch_size, mean_scale=None):
     """Decoded means (times ``mean_scale`` where given) and zero-inflation logits of some genes."""
-    dev = adapter.device
     mus, zis = [], []
-    with torch.no_grad():
-        for start in range(0, z.shape[0], batch_size):
-            sl = slice(start, start + batch_size)
-            px = adapter.decode(
-                z[sl].to(dev),
-                torch.as_tensor(lib[sl], device=dev).unsqueeze(-1),
-                {k: torch.as_tensor(v[sl], device=dev) for k, v in inputs.items()},
-            )
-            mus.append(px.mu[:, genes].cpu())
-            if isinstance(px, ZeroInflatedNegativeBinomial):
-                zis.append(px.zi_logits[:, genes].cpu())
+    for start in range(0, z.shape[0], batch_size):
+        px = _decode_batch(adapter, z, lib, inputs, slice(start, start + batch_size))
+        mus.append(px.mu[:, genes].cpu())
+        if isinstance(px, ZeroInflatedNegativeBinomial):
+            zis.append(px.zi_logits[:, genes].cpu())
     mu = torch.cat(mus)
     if mean_scale is not None:
         mu = mu * torch.as_tensor(mean_scale[genes])

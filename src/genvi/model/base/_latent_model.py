@@ -325,7 +325,7 @@ class LatentPriorModel(
         elif refit_dispersion:
             if calibrate_mean:
                 self.mean_scale_ = self._fit_mean_scale(loc, scale, seed)
-            self.dispersion_ = self._fit_dispersion(loc, scale, seed)
+            self.dispersion_ = self._fit_dispersion(loc, scale, seed, self.mean_scale_)
         plan = LatentPriorTrainingPlan(self.module, **(plan_kwargs or {}))
         trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
         self._train_ema_decay = ema_decay  # what this training used (benchmarks record it)
@@ -341,35 +341,29 @@ class LatentPriorModel(
         )
         return runner()
 
-    def _fit_dispersion(self, loc: np.ndarray, scale: np.ndarray, seed: int) -> np.ndarray | None:
+    def _fit_dispersion(
+        self, loc: np.ndarray, scale: np.ndarray, seed: int, mean_scale: np.ndarray | None = None
+    ) -> np.ndarray | None:
         """The base decoder's inverse dispersion refitted on the registered cells.
 
         ``loc`` / ``scale`` are the cells' posteriors (as ``train`` encodes them), ``seed``
-        that of the cell subset and posterior draws; ``None`` where the decoder has no
-        dispersion to refit. Fitted around the means decoded with (``mean_scale_``).
+        that of the cell subset and posterior draws; fitted around the means times
+        ``mean_scale`` (the decoder's own where ``None``); ``None`` where the decoder has no
+        dispersion to refit.
         """
-        return fit_dispersion(
-            self._adapter,
-            loc,
-            scale,
-            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
-            self.train_library_,
-            self.train_decoder_inputs_,
-            seed=seed,
-            mean_scale=getattr(self, "mean_scale_", None),
-        )
+        return fit_dispersion(*self._refit_args(loc, scale), seed=seed, mean_scale=mean_scale)
 
     def _fit_mean_scale(self, loc: np.ndarray, scale: np.ndarray, seed: int) -> np.ndarray | None:
         """Per-gene factors on the base decoder's means from the registered cells' totals."""
-        return fit_mean_scale(
-            self._adapter,
-            loc,
-            scale,
-            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
-            self.train_library_,
-            self.train_decoder_inputs_,
-            seed=seed,
-        )
+        return fit_mean_scale(*self._refit_args(loc, scale), seed=seed)
+
+    def _refit_args(self, loc: np.ndarray, scale: np.ndarray) -> tuple:
+        """The first arguments of the ``_dispersion`` fits, for the registered cells.
+
+        The base adapter, posteriors, counts, library sizes and decoder inputs.
+        """
+        counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        return self._adapter, loc, scale, counts, self.train_library_, self.train_decoder_inputs_
 
     def _checked_dispersion(
         self, loc: np.ndarray, scale: np.ndarray, seed: int, calibrate_mean: bool = True
@@ -398,17 +392,9 @@ class LatentPriorModel(
                 UserWarning,
                 stacklevel=3,
             )
-            self.mean_scale_ = self._fit_mean_scale(loc, scale, seed) if calibrate_mean else None
-            return self.mean_scale_, self._fit_dispersion(loc, scale, seed), None
-        args = (
-            self._adapter,
-            loc,
-            scale,
-            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
-            self.train_library_,
-            self.train_decoder_inputs_,
-            held_out,
-        )
+            mean_scale = self._fit_mean_scale(loc, scale, seed) if calibrate_mean else None
+            return mean_scale, self._fit_dispersion(loc, scale, seed, mean_scale), None
+        args = (*self._refit_args(loc, scale), held_out)
         mean_scale, scale_report = None, None
         if calibrate_mean:
             mean_scale, scale_report = checked_mean_scale(*args, seed=seed)
