@@ -94,6 +94,8 @@ METHODS = {
     "scvi_postpred_refit": "scVI posterior predictive, calibrated means, refitted dispersion",
     "priorvi_postpred": "PriorVI posterior predictive",
     "priorvi_postpred_refit": "PriorVI posterior predictive, calibrated means, refitted dispersion",
+    "scvi_target": "scVI, training cells' posterior draws, decoded as generated (priors' target)",
+    "priorvi_target": "PriorVI, training cells' posterior draws, decoded as generated (target)",
     "priorvi": "PriorVI (conditional Gaussian prior)",
     "scvi_cond": "scVI (N(0, I), condition in decoder)",
     "resample": "Resampled training cells",
@@ -280,6 +282,73 @@ def posterior_predictive(model, test: ad.AnnData, keys, seed: int) -> ad.AnnData
     return ad.AnnData(sp.csr_matrix(x), obs=test.obs[keys].copy(), var=test.var[[]].copy())
 
 
+def target_latents(model, keys, n_cells, seed: int) -> np.ndarray:
+    """What a latent prior on ``model``'s base learns, drawn as many times as it generates.
+
+    For each condition, ``n_cells[c]`` registered (training) cells of the condition, drawn with
+    replacement, and one posterior draw each: a sample of the aggregated posterior the prior is
+    trained on, in the rows' order of :func:`generate`.
+    """
+    import torch
+
+    loc, scale = model._adapter.latent_distribution(model.adata)
+    labels = condition_labels(model.adata.obs, keys).to_numpy()
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(labels == " | ".join(c)), n, replace=True)
+            for c, n in n_cells.items()
+        ]
+    )
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(rows), loc.shape[1], generator=gen).numpy()
+    return loc[rows] + scale[rows] * noise
+
+
+def posterior_target(model, keys, n_cells, seed: int) -> ad.AnnData:
+    """:func:`target_latents` decoded as ``model`` decodes its own samples.
+
+    The cells a perfect latent prior would generate (library sizes drawn from training cells
+    of the condition, as in ``generate``): the level the prior's own row can at best reach.
+    """
+    specs = [dict(zip(keys, c, strict=True)) for c in n_cells]
+    z = target_latents(model, keys, n_cells, seed)
+    return model.decode_latents(z, specs, n_cells=list(n_cells.values()), seed=seed)
+
+
+def latent_fit(
+    synthetic: dict[str, ad.AnnData], bases, models, keys, n_cells, seed: int
+) -> dict[str, float]:
+    """Energy distance in the base's latent space between each prior's samples and its target.
+
+    Median over conditions, for the latent priors on each base, PriorVI's own prior (on the
+    PriorVI base) and, as the floor, a second independent draw of the target.
+    """
+    import genvi
+
+    out = {}
+    sizes = list(n_cells.values())
+    bounds = np.cumsum([0, *sizes])
+    for base_name in bases:
+        target = synthetic[f"{base_name}_target"].obsm["X_genvi_latent"]
+        flow = models[f"{base_name}_flow"]
+        others = {k: synthetic[k] for k in (f"{base_name}_flow", f"{base_name}_diffusion")}
+        if base_name == "priorvi":
+            others["priorvi"] = synthetic["priorvi"]
+        samples = {k: np.asarray(v.obsm["X_genvi_latent"]) for k, v in others.items()}
+        samples[f"{base_name}_target_redrawn"] = target_latents(flow, keys, n_cells, seed + 7)
+        for key, z in samples.items():
+            out[key] = float(
+                np.median(
+                    [
+                        genvi.metrics.energy_distance(z[a:b], np.asarray(target[a:b]), seed=seed)
+                        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+                    ]
+                )
+            )
+    return out
+
+
 def decode_pass_seconds(model, n: int, seed: int) -> float:
     """One VAE decode pass: z ~ N(0, I) through the base decoder, counts sampled."""
     import torch
@@ -418,6 +487,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             makers[f"{base_name}_{name}"] = lambda s, f=flow, t=theta: with_dispersion(
                 f, t, lambda: posterior_predictive(f, test, keys, s)
             )
+        makers[f"{base_name}_target"] = lambda s, f=flow: posterior_target(f, keys, n_cells, s)
 
     draw_seeds = [args.seed + 1000 * k for k in range(args.draws)]
     tables: dict[str, Any] = {}
@@ -426,8 +496,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key in makers
     }
     summaries: dict[str, Any] = {}
+    fits: dict[str, list[float]] = {}
     for k, draw_seed in enumerate(draw_seeds):
         synthetic = {key: make(draw_seed) for key, make in makers.items()}
+        for key, value in latent_fit(synthetic, bases, models, keys, n_cells, draw_seed).items():
+            fits.setdefault(key, []).append(value)
         for key, syn in synthetic.items():
             df = genvi.metrics.compare_conditions(
                 test,
@@ -492,6 +565,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for k, d in draws.items()
         ]
         print(markdown_table(["method", *DRAW_METRICS], drows))
+    print("\n## Latent space: energy distance to the target (conditions' median, draws' mean)\n")
+    frows = [[METHODS.get(k, k), float(np.mean(v))] for k, v in fits.items()]
+    print(markdown_table(["samples", "energy to the target's latents"], frows))
     print("\n## Training time (s; None: a reused model)\n")
     trows = [[k, v] for k, v in timings.items()]
     print(markdown_table(["model", "train s"], trows))
@@ -524,6 +600,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "methods": {k: METHODS[k] for k in makers},
         "summaries": summaries,
         "draws": draws if args.draws > 1 else None,
+        # per draw: each prior's latent samples against its target (the aggregated posterior of
+        # the training cells), `<base>_target_redrawn` a second draw of the target (the floor)
+        "latent_fit_to_target": fits,
         "per_condition": tables,
         "throughput": speed,
         "guidance_sweep": sweep,
