@@ -338,6 +338,19 @@ def generate_priorvi(
     return model.generate(specs, n_cells=list(n_cells.values()), seed=seed, temperature=temperature)
 
 
+def pick_training_cells(
+    labels: np.ndarray, n_cells: dict[tuple[str, ...], int], rng: np.random.Generator
+) -> np.ndarray:
+    """``n_cells[c]`` rows whose ``labels`` are condition ``c`` (with replacement), in order.
+
+    ``labels`` as :func:`condition_labels` writes them; the rows of all conditions are
+    concatenated in the order of ``n_cells``, as ``generate`` orders its cells.
+    """
+    return np.concatenate(
+        [rng.choice(np.flatnonzero(labels == " | ".join(c)), n) for c, n in n_cells.items()]
+    )
+
+
 def decode_posteriors(
     model: Any, keys: list[str], n_cells: dict[tuple[str, ...], int], seed: int
 ) -> ad.AnnData:
@@ -348,9 +361,7 @@ def decode_posteriors(
     sampling are the model's, as in ``generate``. No prior is involved.
     """
     rng = np.random.default_rng(seed)
-    labels = condition_labels(model.adata.obs, keys).to_numpy()
-    picks = [rng.choice(np.flatnonzero(labels == " | ".join(c)), n) for c, n in n_cells.items()]
-    idx = np.concatenate(picks)
+    idx = pick_training_cells(condition_labels(model.adata.obs, keys).to_numpy(), n_cells, rng)
     loc, var = model.get_latent_representation(indices=idx, return_dist=True)
     z = loc + np.sqrt(var) * rng.standard_normal(loc.shape)
     specs = [dict(zip(keys, c, strict=True)) for c in n_cells]

@@ -72,6 +72,7 @@ from generation import (  # noqa: E402
     generate_priorvi,
     generate_scvi,
     held_out_split,
+    pick_training_cells,
     resample_training,
     train_priorvi,
     train_scvi,
@@ -282,42 +283,46 @@ def posterior_predictive(model, test: ad.AnnData, keys, seed: int) -> ad.AnnData
     return ad.AnnData(sp.csr_matrix(x), obs=test.obs[keys].copy(), var=test.var[[]].copy())
 
 
-def target_latents(model, keys, n_cells, seed: int) -> np.ndarray:
-    """What a latent prior on ``model``'s base learns, drawn as many times as it generates.
+def training_posteriors(model, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The registered cells' posteriors on ``model``'s base and their condition labels.
+
+    What the latent prior ``model`` was trained on; encoded once per run, since the base is
+    frozen and the encoder deterministic.
+    """
+    loc, scale = model._adapter.latent_distribution(model.adata)
+    return loc, scale, condition_labels(model.adata.obs, keys).to_numpy()
+
+
+def target_latents(posteriors, n_cells, seed: int) -> np.ndarray:
+    """What a latent prior learns, drawn as many times as it generates.
 
     For each condition, ``n_cells[c]`` registered (training) cells of the condition, drawn with
-    replacement, and one posterior draw each: a sample of the aggregated posterior the prior is
-    trained on, in the rows' order of :func:`generate`.
+    replacement, and one posterior draw each (``posteriors`` from :func:`training_posteriors`):
+    a sample of the aggregated posterior the prior is trained on, in the rows' order of
+    :func:`generate`.
     """
     import torch
 
-    loc, scale = model._adapter.latent_distribution(model.adata)
-    labels = condition_labels(model.adata.obs, keys).to_numpy()
-    rng = np.random.default_rng(seed)
-    rows = np.concatenate(
-        [
-            rng.choice(np.flatnonzero(labels == " | ".join(c)), n, replace=True)
-            for c, n in n_cells.items()
-        ]
-    )
+    loc, scale, labels = posteriors
+    rows = pick_training_cells(labels, n_cells, np.random.default_rng(seed))
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(rows), loc.shape[1], generator=gen).numpy()
     return loc[rows] + scale[rows] * noise
 
 
-def posterior_target(model, keys, n_cells, seed: int) -> ad.AnnData:
+def posterior_target(model, posteriors, keys, n_cells, seed: int) -> ad.AnnData:
     """:func:`target_latents` decoded as ``model`` decodes its own samples.
 
     The cells a perfect latent prior would generate (library sizes drawn from training cells
     of the condition, as in ``generate``): the level the prior's own row can at best reach.
     """
     specs = [dict(zip(keys, c, strict=True)) for c in n_cells]
-    z = target_latents(model, keys, n_cells, seed)
+    z = target_latents(posteriors, n_cells, seed)
     return model.decode_latents(z, specs, n_cells=list(n_cells.values()), seed=seed)
 
 
 def latent_fit(
-    synthetic: dict[str, ad.AnnData], bases, models, keys, n_cells, seed: int
+    synthetic: dict[str, ad.AnnData], posteriors: dict[str, tuple], n_cells, seed: int
 ) -> dict[str, float]:
     """Energy distance in the base's latent space between each prior's samples and its target.
 
@@ -329,14 +334,13 @@ def latent_fit(
     out = {}
     sizes = list(n_cells.values())
     bounds = np.cumsum([0, *sizes])
-    for base_name in bases:
+    for base_name, posterior in posteriors.items():
         target = synthetic[f"{base_name}_target"].obsm["X_genvi_latent"]
-        flow = models[f"{base_name}_flow"]
         others = {k: synthetic[k] for k in (f"{base_name}_flow", f"{base_name}_diffusion")}
         if base_name == "priorvi":
             others["priorvi"] = synthetic["priorvi"]
         samples = {k: np.asarray(v.obsm["X_genvi_latent"]) for k, v in others.items()}
-        samples[f"{base_name}_target_redrawn"] = target_latents(flow, keys, n_cells, seed + 7)
+        samples[f"{base_name}_target_redrawn"] = target_latents(posterior, n_cells, seed + 7)
         for key, z in samples.items():
             out[key] = float(
                 np.median(
@@ -453,6 +457,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scvi_cond": lambda s: generate_scvi(scvi_cond, keys, n_cells, s),
         "resample": lambda s: resample_training(train, keys, n_cells, s),
     }
+    posteriors: dict[str, tuple] = {}  # per base: what its latent priors were trained on
     for base_name, base in bases.items():
         for prior_name, cls in (("diffusion", LatentDiffusion), ("flow", LatentFlow)):
             key = f"{base_name}_{prior_name}"
@@ -487,7 +492,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             makers[f"{base_name}_{name}"] = lambda s, f=flow, t=theta: with_dispersion(
                 f, t, lambda: posterior_predictive(f, test, keys, s)
             )
-        makers[f"{base_name}_target"] = lambda s, f=flow: posterior_target(f, keys, n_cells, s)
+        posteriors[base_name] = training_posteriors(flow, keys)
+        makers[f"{base_name}_target"] = lambda s, f=flow, p=posteriors[base_name]: posterior_target(
+            f, p, keys, n_cells, s
+        )
 
     draw_seeds = [args.seed + 1000 * k for k in range(args.draws)]
     tables: dict[str, Any] = {}
@@ -499,7 +507,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fits: dict[str, list[float]] = {}
     for k, draw_seed in enumerate(draw_seeds):
         synthetic = {key: make(draw_seed) for key, make in makers.items()}
-        for key, value in latent_fit(synthetic, bases, models, keys, n_cells, draw_seed).items():
+        for key, value in latent_fit(synthetic, posteriors, n_cells, draw_seed).items():
             fits.setdefault(key, []).append(value)
         for key, syn in synthetic.items():
             df = genvi.metrics.compare_conditions(
