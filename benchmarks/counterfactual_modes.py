@@ -6,7 +6,8 @@ sources' dispersion, the default, or the decoder's own, ``transfer_dispersion="o
 simplex with the decoder's response instead of the data's, ``transfer_space="means"``;
 ``unseen="decode"``; and ``fraction``, the default since December 4, the simplex with the
 sources' decreases carried over as fractions of the target's level, where the other transfer
-modes shift by them, ``transfer_decrease="shift"``) differ only after training, so this
+modes shift by them, ``transfer_decrease="shift"``; ``stacked``, the same with the data's
+response on two scales combined, ``transfer_scale="stacked"``) differ only after training, so this
 script trains DisentVI once per held-out type and scores all of them, or those of
 ``--modes`` (a type's entry in ``--out`` is replaced by the modes run), on sampled counts
 and ``return_mean=True``, with the
@@ -68,6 +69,7 @@ from counterfactual import (  # noqa: E402
 #: were run), so a rerun reproduces their entries
 MODES = {
     "fraction": {"unseen": "transfer", "transfer_method": "simplex"},
+    "stacked": {"unseen": "transfer", "transfer_method": "simplex", "transfer_scale": "stacked"},
     "simplex": {"unseen": "transfer", "transfer_method": "simplex", "transfer_decrease": "shift"},
     "simplex_means": {
         "unseen": "transfer",
@@ -120,7 +122,7 @@ def run_type(adata, cell_type: str, seed: int, epochs: int, modes: list[str]) ->
                 "top20_var_r2": float(s.loc["top20", "var_r2"]),
                 "pearson_delta_top100": float(s.loc["top100", "lfc_pearson"]),
             }
-            if not mean and mode in ("fraction", "simplex", "ridge"):
+            if not mean and mode in ("fraction", "stacked", "simplex", "ridge"):
                 out[f"report_{mode}"] = pred.uns["genvi"]["transfer"]
     return out
 
@@ -159,7 +161,8 @@ def against_peers(results: dict, peers: dict, mode: str = "fraction") -> dict:
 
     ``results``: one seed of this script's JSON; ``peers``: the same seed of
     ``counterfactual.py --peers``' JSON on the same file (same split per type). The peers'
-    sampled and mean predictions both count; the identity baseline does not. Prints the table
+    sampled and mean predictions both count; the identity baseline and DisentVI's own
+    entries (``disentvi*``, earlier runs of DisentVI in that JSON) do not. Prints the table
     and returns ``{type: {metric: {"disentvi": ..., "best": ..., "by": ...}}}``.
     """
     out: dict = {}
@@ -169,7 +172,7 @@ def against_peers(results: dict, peers: dict, mode: str = "fraction") -> dict:
         others = {
             f"{m} ({kind})": _peer_scores(r, kind)
             for m, r in peers[ct].items()
-            if r.get("ok") and m != "identity"
+            if r.get("ok") and m != "identity" and not m.startswith("disentvi")
             for kind in r["scores"]
         }
         out[ct] = {}
@@ -221,15 +224,18 @@ def main(argv: list[str] | None = None) -> dict:
         "--against-peers",
         type=Path,
         default=None,
-        help="no training: compare --out's 'fraction' entries (seed --seed) with this JSON of "
-        "counterfactual.py --file <same file> --peers (same splits)",
+        help="no training: compare --out's entries of --against-mode (seed --seed) with this "
+        "JSON of counterfactual.py --file <same file> --peers (same splits)",
+    )
+    parser.add_argument(
+        "--against-mode", default="fraction", help="the mode --against-peers compares"
     )
     args = parser.parse_args(argv)
     out = args.out or RESULTS_DIR / f"counterfactual_modes_{Path(args.file).stem}.json"
     if args.against_peers is not None:
         results = json.loads(out.read_text())["results"][str(args.seed)]
         peers = json.loads(args.against_peers.read_text())["results"][str(args.seed)]
-        return against_peers(results, peers)
+        return against_peers(results, peers, args.against_mode)
     set_threads(args.threads)
     quiet()
     adata = load_dataset(args.data_dir, args.file)

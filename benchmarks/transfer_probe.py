@@ -18,7 +18,15 @@ ceilings, not methods: they choose the weights *with the held-out type's own res
 (decreases as fractions, as above), and the best non-negative combination of any total size
 (a "cone", which can also scale the sources' responses up). No weighting of the other types'
 responses chosen from their profiles can beat the first; a method that only rescales and
-mixes them cannot beat the second. No training:
+mixes them cannot beat the second. Two more rows measure the response on another scale:
+``plog``, the same simplex with each source's response taken as the change of ``log1p`` of its
+pseudo-bulk mean (counts per 10,000) instead of the change of its mean ``log1p`` (a gene that
+only some cells of a type induce moves the mean ``log1p`` less than the ``log1p`` of the mean),
+and ``stacked``, a non-negative combination of the default's and ``plog``'s responses whose two
+coefficients are fitted with the sources alone: each source in turn is predicted from the
+others both ways and the coefficients fit its real response on its ``--stack-genes`` largest
+responses (least squares over the sources); the held-out type's response is never used. No
+training:
 it isolates the weighting from the model, so it runs in seconds on every type of
 ``kang_ifnb_muscat_subset.h5ad`` (5 types) and ``kang_ifnb_harmony_2k.h5ad`` (8 types; every
 stimulated cell there has a transferred label, so all cells are scored).
@@ -57,6 +65,7 @@ from counterfactual import (  # noqa: E402
     _log_norm,
     shifted_control,
 )
+from genvi.model.base._response_transfer import STACK_GENES  # noqa: E402
 
 FILES = ("kang_ifnb_muscat_subset.h5ad", "kang_ifnb_harmony_2k.h5ad")
 N_GENES = 2000
@@ -65,6 +74,8 @@ METHODS = {
     "ridge": "kernel ridge",
     "simplex": "simplex",
     "fraction": "simplex, decreases as fractions",
+    "plog": "simplex, log1p of the mean",
+    "stacked": "stacked on the sources",
     "oracle_simplex": "ceiling: best simplex mix",
     "oracle_cone": "ceiling: best non-negative combination",
 }
@@ -82,26 +93,33 @@ def oracle_weights(responses: np.ndarray, observed: np.ndarray, simplex: bool) -
     return _simplex_weights(observed, responses) if simplex else nnls(responses.T, observed)[0]
 
 
-def probe(adata) -> dict[str, dict[str, dict[str, float]]]:
+def probe(adata, stack_genes: int = STACK_GENES) -> dict[str, dict[str, dict[str, float]]]:
     """Scores of every held-out type and weighting, ``{type: {method: scores}}``."""
     from genvi.metrics import counterfactual_scores, rank_degs
-    from genvi.model.base import transfer_response
+    from genvi.model.base import stack_responses, transfer_response
     from genvi.model.base._response_transfer import _fractional_decreases
 
     x = _dense(adata.X)
     y = _log_norm(x)
+    per_10k = x / np.maximum(x.sum(1, keepdims=True), 1.0) * 1e4
     types_of = adata.obs[CELL_TYPE].astype(str).to_numpy()
     stim = (adata.obs[CONDITION] == STIMULATED).to_numpy()
     types = sorted(set(types_of))
     ctrl_mean = {t: y[(types_of == t) & ~stim].mean(0) for t in types}
     stim_mean = {t: y[(types_of == t) & stim].mean(0) for t in types}
+    # log1p of the pseudo-bulk mean: a gene induced in only some of a type's cells moves it
+    # more than the mean log1p
+    ctrl_log_mean = {t: np.log1p(per_10k[(types_of == t) & ~stim].mean(0)) for t in types}
+    stim_log_mean = {t: np.log1p(per_10k[(types_of == t) & stim].mean(0)) for t in types}
+    response = {t: stim_mean[t] - ctrl_mean[t] for t in types}
+    log_mean_response = {t: stim_log_mean[t] - ctrl_log_mean[t] for t in types}
     out = {}
     for held in types:
         others = [t for t in types if t != held]
         keep = ~((types_of == held) & stim)
         genes = np.argsort(-y[keep].var(0))[:N_GENES]
         profiles = np.stack([ctrl_mean[t][genes] for t in others])
-        responses = np.stack([stim_mean[t] - ctrl_mean[t] for t in others])
+        responses = np.stack([response[t] for t in others])
         target = ctrl_mean[held][genes]
         shifts = {"mean": (responses.mean(0), None)}
         for method in ("ridge", "simplex"):
@@ -113,6 +131,32 @@ def probe(adata) -> dict[str, dict[str, dict[str, float]]]:
             target, profiles, responses, levels=levels, target_level=ctrl_mean[held]
         )
         shifts["fraction"] = (fit.response, dict(zip(others, fit.weights.round(3).tolist())))
+        # the same simplex on log1p of the mean, and the two stacked (fitted on the sources)
+        log_mean_responses = np.stack([log_mean_response[t] for t in others])
+        log_mean_levels = np.stack([ctrl_log_mean[t] for t in others])
+        fit = transfer_response(
+            target,
+            profiles,
+            log_mean_responses,
+            levels=log_mean_levels,
+            target_level=ctrl_log_mean[held],
+        )
+        shifts["plog"] = (fit.response, dict(zip(others, fit.weights.round(3).tolist())))
+        fit, coef = stack_responses(
+            target,
+            profiles,
+            responses,
+            levels,
+            ctrl_mean[held],
+            log_mean_responses,
+            log_mean_levels,
+            ctrl_log_mean[held],
+            n_genes=stack_genes,
+        )
+        shifts["stacked"] = (
+            fit.response,
+            {"fraction": round(float(coef[0]), 3), "plog": round(float(coef[1]), 3)},
+        )
         ctrl, observed = adata[(types_of == held) & ~stim], adata[(types_of == held) & stim]
         # ceilings: weights fitted on the held-out type's own response (its top DEGs)
         degs = rank_degs(ctrl, observed)["rank"].to_numpy()
@@ -139,12 +183,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "transfer_probe.json")
+    parser.add_argument(
+        "--stack-genes",
+        type=int,
+        default=STACK_GENES,
+        help="each source's largest responses the stacked row's coefficients are fitted on",
+    )
     args = parser.parse_args(argv)
     set_threads(args.threads)
     quiet()
-    payload = {"machine": machine_info(), "n_genes": N_GENES, "results": {}}
+    payload = {
+        "machine": machine_info(),
+        "n_genes": N_GENES,
+        "stack_genes": args.stack_genes,
+        "results": {},
+    }
     for filename in FILES:
-        res = probe(load_dataset(args.data_dir, filename))
+        res = probe(load_dataset(args.data_dir, filename), args.stack_genes)
         payload["results"][filename] = res
         keys = ("top20_mean_r2", "pearson_delta_top100")
         rows = [[held] + [res[held][m][k] for k in keys for m in METHODS] for held in res]

@@ -11,7 +11,7 @@ from scipy import sparse
 
 from conftest import quiet_train
 from genvi.model import DisentVI
-from genvi.model.base import transfer_response
+from genvi.model.base import stack_responses, transfer_response
 
 N_GENES = 120
 TYPES = ["a0", "a1", "a2", "b0", "b1", "b2"]
@@ -106,6 +106,52 @@ def test_decreases_transfer_as_fractions_of_the_target_level():
         transfer_response(
             target, profiles, responses, levels=levels[:, :2], target_level=target_level
         )
+
+
+def test_stacked_responses_take_the_gain_the_sources_show():
+    """Where the log-of-mean scale is a fixed multiple of the mean-log one, the stack is the
+    mean-log transfer times the gain that fits each source from the others (least squares
+    over their largest responses): fitted on the sources alone, whatever the target does.
+    """
+    rng = np.random.default_rng(3)
+    n, g = 5, 80
+    profiles = rng.normal(size=(n, 30))
+    responses = rng.gamma(1.0, 1.0, size=(n, g))  # gains only: the transfer is linear
+    levels = rng.uniform(0.5, 2.0, size=(n, g))
+    target, target_level = profiles[:2].mean(0) + 0.1, rng.uniform(0.5, 2.0, size=g)
+    args = (target, profiles, responses, levels, target_level)
+    fit, coef = stack_responses(*args, 2.0 * responses, 2.0 * levels, 2.0 * target_level)
+    plain = transfer_response(target, profiles, responses, levels=levels, target_level=target_level)
+    np.testing.assert_allclose(fit.weights, plain.weights)
+    # the gain each source shows, left out in turn, on its own 100 largest responses (all 80)
+    num = den = 0.0
+    for s in range(n):
+        rest = np.delete(np.arange(n), s)
+        d = transfer_response(
+            profiles[s],
+            profiles[rest],
+            responses[rest],
+            levels=levels[rest],
+            target_level=levels[s],
+        ).response
+        num, den = num + d @ responses[s], den + d @ d
+    gain = num / den
+    assert coef.min() >= 0 and abs(gain - 1.0) > 0.05  # a gain worth recovering
+    np.testing.assert_allclose(coef[0] + 2.0 * coef[1], gain, rtol=1e-6)
+    np.testing.assert_allclose(fit.response, gain * plain.response, rtol=1e-6, atol=1e-9)
+    # one source: nothing to fit, the mean-log transfer
+    one, coef = stack_responses(
+        target,
+        profiles[:1],
+        responses[:1],
+        levels[:1],
+        target_level,
+        2.0 * responses[:1],
+        2.0 * levels[:1],
+        2.0 * target_level,
+    )
+    np.testing.assert_array_equal(coef, [1.0, 0.0])
+    np.testing.assert_allclose(one.response, responses[0])
 
 
 def _families(
@@ -360,6 +406,64 @@ def test_drawn_counts_move_by_the_data_response(family_model):
         model.predict_counterfactual(ctrl, {"treatment": "treated"}, transfer_space="x")
     with pytest.raises(ValueError, match="transfer_decrease must be one of"):
         model.predict_counterfactual(ctrl, {"treatment": "treated"}, transfer_decrease="x")
+
+
+def test_stacked_scale_draws_sit_at_the_stacked_target(family_model):
+    """``transfer_scale="stacked"``: the counts drawn sit at the control cells' own mean
+    log-normalised counts plus the report's coefficients times the two transfers, each
+    built here from the training counts and the report's weights alone.
+    """
+    model, train, truth = family_model
+    is_ctrl = (train.obs["cell type"] == HELD_OUT[0]) & (train.obs["treatment"] == "control")
+    ctrl = train[is_ctrl.to_numpy()].copy()
+    pred = [
+        model.predict_counterfactual(
+            ctrl, {"treatment": "treated"}, seed=s, transfer_scale="stacked"
+        )
+        for s in range(12)
+    ]
+    rep = pred[0].uns["genvi"]["transfer"]["a0: control -> treated"]
+    assert rep["scale"] == "stacked"
+    coef = rep["stack_coefficients"]
+    assert min(coef.values()) >= 0 and sum(coef.values()) > 0
+
+    def log_mean(x) -> np.ndarray:
+        x = x.toarray() if sparse.issparse(x) else np.asarray(x, dtype=float)
+        return np.log1p(1e4 * (x / np.maximum(x.sum(1, keepdims=True), 1)).mean(0))
+
+    def transferred(level_of) -> np.ndarray:
+        gains, lost = 0.0, 0.0
+        for source, w in zip(rep["sources"], rep["weights"]):
+            of = (train.obs["cell type"] == source).to_numpy()
+            t = (train.obs["treatment"] == "treated").to_numpy()
+            before = level_of(train.X[of & ~t])
+            change = level_of(train.X[of & t]) - before
+            gains = gains + w * np.maximum(change, 0.0)
+            lost = lost + w * np.where(change < 0, change / np.maximum(before, 1e-12), 0.0)
+        return gains + np.clip(lost, -1.0, 0.0) * level_of(ctrl.X)
+
+    own = _mean_log(ctrl.X)
+    target = (
+        own + coef["mean_log"] * transferred(_mean_log) + coef["log_mean"] * transferred(log_mean)
+    )
+    drawn = _mean_log(sparse.vstack([p.X for p in pred]))
+    genes = truth[HELD_OUT] * 1500 > 0.5
+    default = model.predict_counterfactual(ctrl, {"treatment": "treated"}, seed=0)
+    assert float(np.median(np.abs(drawn - target)[genes])) < 0.05
+    # where the stacked target and the mean-log one differ, the draws sit at the stacked one
+    plain = own + transferred(_mean_log)
+    # (observed: 16 genes apart by more than 0.03; mean |drawn - target| 0.033 there, 0.061
+    # from the mean-log target; the draws' own noise is about 0.03)
+    differ = genes & (np.abs(target - plain) > 0.03)
+    assert differ.sum() >= 10, differ.sum()
+    assert np.abs(drawn - target)[differ].mean() < 0.7 * np.abs(drawn - plain)[differ].mean()
+    assert default.uns["genvi"]["transfer"]["a0: control -> treated"]["scale"] == "mean_log"
+    with pytest.raises(ValueError, match="transfer_scale must be one of"):
+        model.predict_counterfactual(ctrl, {"treatment": "treated"}, transfer_scale="x")
+    with pytest.raises(ValueError, match="needs transfer_space='data'"):
+        model.predict_counterfactual(
+            ctrl, {"treatment": "treated"}, transfer_scale="stacked", transfer_space="means"
+        )
 
 
 @pytest.mark.parametrize(

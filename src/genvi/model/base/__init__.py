@@ -14,8 +14,10 @@ from ._response_transfer import (
     TRANSFER_DECREASES,
     TRANSFER_DISPERSIONS,
     TRANSFER_METHODS,
+    TRANSFER_SCALES,
     TRANSFER_SPACES,
     ResponseTransferMixin,
+    stack_responses,
     transfer_response,
 )
 from ._seeding import seeded
@@ -46,6 +48,7 @@ __all__ = [
     "NoveltyMixin",
     "ResponseTransferMixin",
     "TRANSFER_DECREASES",
+    "TRANSFER_SCALES",
     "TRANSFER_DISPERSIONS",
     "TRANSFER_SPACES",
     "TRANSFER_METHODS",
@@ -55,5 +58,6 @@ __all__ = [
     "default_kl_warmup",
     "setup_condition_fields",
     "seeded",
+    "stack_responses",
     "transfer_response",
 ]
