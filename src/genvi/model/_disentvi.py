@@ -513,8 +513,9 @@ class DisentVI(ResponseTransferMixin, CountModelBase):
             mode ``stacked``, sampled counts, top-20 DEG mean R²): it lifts the types the
             default underestimates and costs those it fits. Muscat subset, 5 types x 2 seeds:
             median 0.933 -> 0.886, CD14+ monocytes -0.20 -> 0.17, FCGR3A+ monocytes 0.95 ->
-            0.89. Harmony file, 8 types: median 0.799 -> 0.864, B cells 0.926 -> 0.961, CD4 T
-            cells 0.956 -> 0.909. Which is better for a type depends on its unseen response,
+            0.89. Harmony file, 8 types x 2 seeds: median 0.799 / 0.774 -> 0.864 / 0.829, 7 of
+            8 types up at both seeds (B cells 0.926 -> 0.961 at seed 0), CD4 T cells 0.956 ->
+            0.909. Which is better for a type depends on its unseen response,
             so it is not the default.
 
         Returns
