@@ -332,6 +332,25 @@ def test_transferred_counts_take_the_sources_dispersion():
         model.predict_counterfactual(ctrl, {"treatment": "treated"}, transfer_dispersion="x")
 
 
+def _data_transfer(train, ctrl, rep, level_of) -> tuple[np.ndarray, np.ndarray]:
+    """The data's transferred response, from the training counts and a report's weights.
+
+    On the scale ``level_of`` gives: the sources' gains plus their decreases as fractions of
+    their own levels, taken of the control cells' level (``transfer_decrease="fraction"``),
+    and the plain mix of their changes (``"shift"``).
+    """
+    gains, lost, shifted = 0.0, 0.0, 0.0
+    t = (train.obs["treatment"] == "treated").to_numpy()
+    for source, w in zip(rep["sources"], rep["weights"]):
+        of = (train.obs["cell type"] == source).to_numpy()
+        before = level_of(train.X[of & ~t])
+        change = level_of(train.X[of & t]) - before
+        gains = gains + w * np.maximum(change, 0.0)
+        lost = lost + w * np.where(change < 0, change / np.maximum(before, 1e-12), 0.0)
+        shifted = shifted + w * change
+    return gains + np.clip(lost, -1.0, 0.0) * level_of(ctrl.X), shifted
+
+
 def test_drawn_counts_move_by_the_data_response(family_model):
     """``transfer_space="data"``: the counts drawn sit at the control cells' own mean
     log-normalised counts plus the data's transferred response (built here from the
@@ -362,17 +381,9 @@ def test_drawn_counts_move_by_the_data_response(family_model):
     report = model.predict_counterfactual(ctrl, {"treatment": "treated"}, seed=0).uns["genvi"]
     rep = report["transfer"]["a0: control -> treated"]
     assert rep["space"] == "data" and rep["decrease"] == "fraction"
-    gains, lost, shifted = 0.0, 0.0, 0.0
-    for source, w in zip(rep["sources"], rep["weights"]):
-        of = (train.obs["cell type"] == source).to_numpy()
-        t = (train.obs["treatment"] == "treated").to_numpy()
-        before = _mean_log(train.X[of & ~t])
-        change = _mean_log(train.X[of & t]) - before
-        gains = gains + w * np.maximum(change, 0.0)
-        lost = lost + w * np.where(change < 0, change / np.maximum(before, 1e-12), 0.0)
-        shifted = shifted + w * change
+    fractional, shifted = _data_transfer(train, ctrl, rep, _mean_log)
     own = _mean_log(ctrl.X)
-    target = own + gains + np.clip(lost, -1.0, 0.0) * own
+    target = own + fractional
     assert np.all(target >= 0)
     gap = {k: float(np.median(np.abs(v - target)[genes])) for k, v in drawn.items()}
     # ``transfer_decrease="shift"`` aims at the additive construction instead
@@ -432,15 +443,7 @@ def test_stacked_scale_draws_sit_at_the_stacked_target(family_model):
         return np.log1p(1e4 * (x / np.maximum(x.sum(1, keepdims=True), 1)).mean(0))
 
     def transferred(level_of) -> np.ndarray:
-        gains, lost = 0.0, 0.0
-        for source, w in zip(rep["sources"], rep["weights"]):
-            of = (train.obs["cell type"] == source).to_numpy()
-            t = (train.obs["treatment"] == "treated").to_numpy()
-            before = level_of(train.X[of & ~t])
-            change = level_of(train.X[of & t]) - before
-            gains = gains + w * np.maximum(change, 0.0)
-            lost = lost + w * np.where(change < 0, change / np.maximum(before, 1e-12), 0.0)
-        return gains + np.clip(lost, -1.0, 0.0) * level_of(ctrl.X)
+        return _data_transfer(train, ctrl, rep, level_of)[0]
 
     own = _mean_log(ctrl.X)
     target = (

@@ -520,16 +520,13 @@ class ResponseTransferMixin:
                 level, log_mean_shift, log_mean_level = profile, None, None
                 if data:
                     # every training cell of the two combinations: the data's own response
-                    level = self._observed_mean_log(every)
-                    moved = np.flatnonzero(train_ok & (train == [*ctx, v]).all(1))
+                    level, log_mean_level = self._observed_levels(every, of_mean=stacked)
                     if response:
-                        shift = self._observed_mean_log(moved) - level
-                    if stacked:
-                        log_mean_level = self._observed_mean_log(every, of_mean=True)
-                        if response:
-                            log_mean_shift = (
-                                self._observed_mean_log(moved, of_mean=True) - log_mean_level
-                            )
+                        moved = np.flatnonzero(train_ok & (train == [*ctx, v]).all(1))
+                        moved_level, moved_log_mean = self._observed_levels(moved, of_mean=stacked)
+                        shift = moved_level - level
+                        if stacked:
+                            log_mean_shift = moved_log_mean - log_mean_level
                 cache[(ctx, v0)] = (profile, shift, level, log_mean_shift, log_mean_level)
             return cache[(ctx, v0)]
 
@@ -655,26 +652,27 @@ class ResponseTransferMixin:
         own = sums[0] / len(cells)
         return own, None if value is None else sums[1] / len(cells) - own
 
-    def _observed_mean_log(
+    def _observed_levels(
         self, cells: np.ndarray, adata: AnnData | None = None, of_mean: bool = False
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean log-normalised observed counts of ``cells`` (of the training data by default).
 
         Counts per cell scaled to 10,000 and ``log1p``-transformed, as scanpy normalises and
-        the counterfactual metrics compare. ``of_mean=True``: ``log1p`` of the mean of the
-        scaled counts instead (the pseudo-bulk's level).
+        the counterfactual metrics compare. With ``of_mean=True`` also ``log1p`` of the mean
+        of the scaled counts (the pseudo-bulk's level) from the same read, else ``None``.
         """
         manager = self.get_anndata_manager(self.adata if adata is None else adata, required=True)
         x = manager.get_from_registry(REGISTRY_KEYS.X_KEY)[np.sort(cells)]
         totals = np.asarray(x.sum(1), dtype=np.float64).ravel()
+        log_mean = None
         if of_mean:
             # the mean of the per-cell fractions as one product: sparse stays sparse
             fractions = x.T @ (1.0 / np.maximum(totals, 1.0))
             mean = np.asarray(fractions, dtype=np.float64).ravel() / max(len(totals), 1)
-            return np.log1p(_PROFILE_SCALE * mean)
+            log_mean = np.log1p(_PROFILE_SCALE * mean)
         # sparse stays sparse: only the per-gene mean is needed
         y = _normalize_log1p(x, totals, _PROFILE_SCALE, dense=False)
-        return np.asarray(y.mean(0), dtype=np.float64).ravel()
+        return np.asarray(y.mean(0), dtype=np.float64).ravel(), log_mean
 
     @torch.inference_mode()
     def _calibrate(
@@ -739,7 +737,7 @@ class ResponseTransferMixin:
             return total / (n_cells * repeats)[:, None]
 
         # every row has cells: rows are made only for combinations the query holds
-        own = np.stack([self._observed_mean_log(query[row == r], adata) for r in range(n_rows)])
+        own = np.stack([self._observed_levels(query[row == r], adata)[0] for r in range(n_rows)])
         target = own + table.shift.cpu().numpy()
         correction = np.zeros_like(target)
         for k in range(_CALIBRATION_STEPS):
